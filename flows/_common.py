@@ -1,0 +1,60 @@
+"""What every flow does around its tasks: load settings, gather results, publish them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from prefect import get_run_logger
+from prefect.artifacts import create_table_artifact
+from prefect.futures import PrefectFuture
+
+from socfeeds.aws import AwsClients
+from socfeeds.report import render_table, table_rows
+from socfeeds.settings import S3Feed, Settings
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Run:
+    """The resolved inputs of one flow run."""
+
+    settings: Settings
+    feeds: dict[str, S3Feed]
+    aws: AwsClients
+
+
+def start_run(feed_names: list[str] | None) -> Run:
+    """Validate settings and the feed selection before any AWS call."""
+    settings = Settings()  # type: ignore[call-arg]  # values come from the environment / settings file
+    feeds = settings.select_feeds(feed_names)
+    return Run(settings=settings, feeds=feeds, aws=AwsClients.from_settings(settings))
+
+
+class StepsFailed(RuntimeError):
+    """Some steps raised; the message names each one and its error, for the run's failure message."""
+
+
+def gather(futures: Iterable[tuple[str, PrefectFuture[list[T]]]]) -> tuple[list[T], list[tuple[str, str]]]:
+    """Every task's items, plus (task label, error) for each task that did not complete."""
+    items: list[T] = []
+    errors: list[tuple[str, str]] = []
+    for label, future in futures:
+        future.wait()
+        state = future.state
+        if state.is_completed():
+            items.extend(future.result())
+        else:
+            errors.append((label, str(state.result(raise_on_failure=False))))
+    return items, errors
+
+
+def publish(key: str, description: str, items: Sequence[object], columns: list[str]) -> str:
+    """Table artifact for the UI, the same table in the run log; returns the text table."""
+    rows = table_rows(items)  # type: ignore[arg-type]
+    create_table_artifact(key=key, table=rows, description=description)
+    text = render_table(rows, columns)
+    get_run_logger().info("%s\n%s", description, text)
+    return text

@@ -1,0 +1,51 @@
+"""provision-feeds: make every selected feed exist as declared (or, with dry_run, say what would change)."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows._common import StepsFailed, gather, publish, start_run
+from socfeeds.report import Change
+from tasks.buckets import ensure_bucket
+from tasks.notifications import ensure_notification
+from tasks.queues import ensure_queues
+from tasks.reader import ensure_reader
+from tasks.sources import ensure_source
+
+CHANGE_COLUMNS = ["feed", "resource", "action", "detail", "applied"]
+
+
+@flow(name="provision-feeds", task_runner=ThreadPoolTaskRunner(max_workers=16))
+def provision_feeds(feeds: list[str] | None = None, dry_run: bool = False) -> list[Change]:
+    """Create or adopt each feed's bucket, queues, notification, source and the XSIAM reader.
+
+    Idempotent: a rerun after any failure converges, and a run with nothing to do reports no
+    changes. Nothing is ever deleted.
+
+    Args:
+        feeds: Feed names from settings; None means every feed.
+        dry_run: Change nothing; report every change that would be made.
+    """
+    run = start_run(feeds)
+    steps: list[tuple[str, PrefectFuture[list[Change]]]] = [
+        ("ensure-reader", ensure_reader.submit(run.aws, run.settings, dry_run))]
+    for name in run.feeds:
+        bucket = ensure_bucket.submit(run.aws, run.settings, name, dry_run)
+        queues = ensure_queues.submit(run.aws, run.settings, name, dry_run)
+        steps += [
+            (f"ensure-bucket[{name}]", bucket),
+            (f"ensure-queues[{name}]", queues),
+            (f"ensure-notification[{name}]",
+             ensure_notification.submit(run.aws, run.settings, name, dry_run, wait_for=[bucket, queues])),
+            (f"ensure-source[{name}]", ensure_source.submit(run.aws, run.settings, name, dry_run, wait_for=[bucket])),
+        ]
+    changes, errors = gather(steps)
+    verb = "would make" if dry_run else "made"
+    summary = f"provision-feeds {verb} {len(changes)} changes" if changes else "provision-feeds: no changes"
+    publish("provision-feeds", summary, changes, CHANGE_COLUMNS)
+    if errors:
+        raise StepsFailed(f"{len(errors)} provisioning steps failed (rerun after the fix converges):\n"
+                          + "\n".join(f"{label}: {error}" for label, error in errors))
+    return changes

@@ -1,0 +1,56 @@
+"""verify-feeds: read-only checks of every selected feed, one row per check, Failed if any fails."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from flows._common import gather, publish, start_run
+from socfeeds.report import Finding, Status
+from tasks.buckets import check_bucket
+from tasks.notifications import check_notification
+from tasks.queues import check_queue
+from tasks.reader import check_reader
+from tasks.sources import check_source
+
+FINDING_COLUMNS = ["feed", "resource", "check", "status", "detail", "fix"]
+
+
+class ChecksFailed(RuntimeError):
+    """At least one check failed; `findings` holds the whole report."""
+
+    def __init__(self, message: str, findings: list[Finding]) -> None:
+        super().__init__(message)
+        self.findings = findings
+
+
+@flow(name="verify-feeds", task_runner=ThreadPoolTaskRunner(max_workers=16))
+def verify_feeds(feeds: list[str] | None = None) -> list[Finding]:
+    """Check each feed's bucket, queue, notification and source, and the XSIAM reader's grants.
+
+    Changes nothing. Publishes a table artifact and ends Failed when any check fails, so
+    automations can alert on it.
+
+    Args:
+        feeds: Feed names from settings; None means every feed.
+    """
+    run = start_run(feeds)
+    checks: list[tuple[str, PrefectFuture[list[Finding]]]] = [
+        ("check-reader", check_reader.submit(run.aws, run.settings))]
+    for name in run.feeds:
+        checks += [(f"{check.name}[{name}]", check.submit(run.aws, run.settings, name))
+                   for check in (check_bucket, check_queue, check_notification, check_source)]
+    findings, errors = gather(checks)
+    findings += [Finding(feed=feed, resource=label, check="check ran", status=Status.FAIL, detail=error,
+                         fix="see the task run's log; the check itself could not finish")
+                 for feed, label, error in ((label.partition("[")[2].rstrip("]") or "reader", label, error)
+                                            for label, error in errors)]
+    failed = [f for f in findings if f.status is Status.FAIL]
+    warned = sum(f.status is Status.WARN for f in findings)
+    summary = f"verify-feeds: {len(findings)} checks, {len(failed)} failed, {warned} warnings"
+    publish("verify-feeds", summary, findings, FINDING_COLUMNS)
+    if failed:
+        raise ChecksFailed(summary + ":\n" + "\n".join(
+            f"{f.feed} {f.resource} {f.check}: {f.detail} -> {f.fix}" for f in failed), findings)
+    return findings

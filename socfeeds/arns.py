@@ -1,0 +1,38 @@
+"""ARNs derived from names, so plans and checks never need a lookup to know them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def partition(region: str) -> str:
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
+@dataclass(frozen=True)
+class Arns:
+    region: str
+    account_id: str
+
+    @property
+    def _p(self) -> str:
+        return partition(self.region)
+
+    def bucket(self, name: str) -> str:
+        return f"arn:{self._p}:s3:::{name}"
+
+    def queue(self, name: str) -> str:
+        return f"arn:{self._p}:sqs:{self.region}:{self.account_id}:{name}"
+
+    def trail(self, name: str) -> str:
+        return f"arn:{self._p}:cloudtrail:{self.region}:{self.account_id}:trail/{name}"
+
+    def log_delivery_sources(self) -> str:
+        return f"arn:{self._p}:logs:{self.region}:{self.account_id}:*"
+
+    def iam_policy(self, path: str, name: str) -> str:
+        return f"arn:{self._p}:iam::{self.account_id}:policy{path}{name}"

@@ -1,0 +1,110 @@
+"""The one way socfeeds talks to AWS: a client factory built from settings.
+
+Region, endpoint and retries come from settings only, so the same code runs against real AWS and
+against the local emulator. One factory serves a whole run: boto3 clients are thread-safe and are
+shared by concurrent tasks; the session is only used here, under a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from socfeeds.settings import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_cloudtrail import CloudTrailClient
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_iam import IAMClient
+    from mypy_boto3_route53resolver import Route53ResolverClient
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_sts import STSClient
+
+T = TypeVar("T")
+MAX_ATTEMPTS = 5
+
+
+class AwsClients:
+    """Lazily created, cached boto3 clients for one region and endpoint."""
+
+    def __init__(self, session: boto3.session.Session, region: str, endpoint_url: str | None = None,
+                 max_pool_connections: int = 32) -> None:
+        self.session = session
+        self.region = region
+        self.endpoint_url = endpoint_url
+        self._config = Config(
+            region_name=region,
+            retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+            max_pool_connections=max_pool_connections,
+            connect_timeout=5,
+            read_timeout=30,
+            s3={"addressing_style": "path"} if endpoint_url else {},
+        )
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, session: boto3.session.Session | None = None) -> AwsClients:
+        """Credentials: an explicit session, else the named prefect-aws block, else boto3's chain."""
+        if session is None and settings.aws_credentials_block:
+            from prefect_aws import AwsCredentials
+
+            block = cast(AwsCredentials, AwsCredentials.load(settings.aws_credentials_block))
+            session = block.get_boto3_session()
+        return cls(session or boto3.session.Session(), settings.region, settings.endpoint_url,
+                   max_pool_connections=max(10, settings.max_concurrency * 2))
+
+    def client(self, service: str) -> Any:
+        with self._lock:
+            if service not in self._clients:
+                self._clients[service] = self.session.client(
+                    service, region_name=self.region, endpoint_url=self.endpoint_url, config=self._config
+                )
+            return self._clients[service]
+
+    @property
+    def s3(self) -> S3Client:
+        return cast("S3Client", self.client("s3"))
+
+    @property
+    def sqs(self) -> SQSClient:
+        return cast("SQSClient", self.client("sqs"))
+
+    @property
+    def iam(self) -> IAMClient:
+        return cast("IAMClient", self.client("iam"))
+
+    @property
+    def sts(self) -> STSClient:
+        return cast("STSClient", self.client("sts"))
+
+    @property
+    def cloudtrail(self) -> CloudTrailClient:
+        return cast("CloudTrailClient", self.client("cloudtrail"))
+
+    @property
+    def ec2(self) -> EC2Client:
+        return cast("EC2Client", self.client("ec2"))
+
+    @property
+    def resolver(self) -> Route53ResolverClient:
+        return cast("Route53ResolverClient", self.client("route53resolver"))
+
+
+def error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+def absent_on(codes: set[str], call: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call and return its answer, or None when AWS says the thing does not exist."""
+    try:
+        return call(*args, **kwargs)
+    except ClientError as error:
+        if error_code(error) in codes:
+            return None
+        raise

@@ -1,0 +1,135 @@
+"""Feed queues: encrypted, dead-lettered, and open only to S3 notifications from the feed's bucket."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from socfeeds import policies
+from socfeeds.arns import Arns
+from socfeeds.aws import AwsClients, absent_on
+from socfeeds.report import Change, ChangesFor, Finding, FindingsFor, Status
+from socfeeds.settings import S3Feed, Settings
+from tasks._task import aws_task
+
+QUEUE_ABSENT = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
+DLQ_RETENTION_SECONDS = 1_209_600  # the SQS maximum: time to notice and redrive
+
+
+def _encryption(feed: S3Feed) -> dict[str, str]:
+    if feed.kms_key_arn:
+        return {"KmsMasterKeyId": feed.kms_key_arn}
+    return {"SqsManagedSseEnabled": "true"}
+
+
+def dlq_attributes(feed: S3Feed) -> dict[str, str]:
+    return {"MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS), **_encryption(feed)}
+
+
+def queue_attributes(feed: S3Feed, settings: Settings) -> dict[str, str]:
+    """Production's queue shape (feeds.md), plus the dead-letter queue production lacks."""
+    arns = Arns(settings.region, settings.account_id)
+    return {
+        "VisibilityTimeout": "30",
+        "MessageRetentionPeriod": "345600",
+        "DelaySeconds": "0",
+        "MaximumMessageSize": "262144",
+        **_encryption(feed),
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": arns.queue(feed.dlq_name),
+                                     "maxReceiveCount": feed.max_receive_count}),
+        "Policy": json.dumps(policies.queue_policy(arns.queue(feed.queue), arns.bucket(feed.bucket),
+                                                   settings.account_id)),
+    }
+
+
+def queue_url(aws: AwsClients, name: str) -> str | None:
+    answer = absent_on(QUEUE_ABSENT, aws.sqs.get_queue_url, QueueName=name)
+    return str(answer["QueueUrl"]) if answer else None
+
+
+def _same(name: str, current: str | None, wanted: str) -> bool:
+    """Attribute equality as SQS means it (JSON attributes compare as documents)."""
+    if current is None:
+        return False
+    if name in {"Policy", "RedrivePolicy"}:
+        return bool(policies.canonical(_json_with_str_numbers(current))
+                    == policies.canonical(_json_with_str_numbers(wanted)))
+    return current == wanted
+
+
+def _json_with_str_numbers(text: str) -> Any:
+    return json.loads(text, parse_int=str)
+
+
+def _ensure_queue(aws: AwsClients, changes: ChangesFor, name: str, wanted: dict[str, str]) -> None:
+    url = queue_url(aws, name)
+    if url is None:
+        changes.make("create queue", f"{name} with {', '.join(sorted(wanted))}",
+                     lambda: aws.sqs.create_queue(QueueName=name, Attributes=wanted))  # type: ignore[arg-type]
+        return
+    current = aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]).get("Attributes", {})
+    drift = {k: v for k, v in wanted.items() if not _same(k, current.get(k), v)}  # type: ignore[call-overload]
+    if drift:
+        changes.make("set queue attributes", f"{name}: {', '.join(sorted(drift))}",
+                     lambda: aws.sqs.set_queue_attributes(QueueUrl=url, Attributes=drift))  # type: ignore[arg-type]
+
+
+@aws_task("ensure-queues")
+def ensure_queues(aws: AwsClients, settings: Settings, feed_name: str, dry_run: bool) -> list[Change]:
+    """The dead-letter queue first (the redrive policy names it), then the feed queue."""
+    feed = settings.s3_feeds[feed_name]
+    changes = ChangesFor(feed_name, f"sqs:{feed.queue}", dry_run)
+    _ensure_queue(aws, changes, feed.dlq_name, dlq_attributes(feed))
+    _ensure_queue(aws, changes, feed.queue, queue_attributes(feed, settings))
+    return changes.changes
+
+
+def _depth(attributes: dict[str, str]) -> int:
+    return int(attributes.get("ApproximateNumberOfMessages", "0"))
+
+
+@aws_task("check-queue")
+def check_queue(aws: AwsClients, settings: Settings, feed_name: str) -> list[Finding]:
+    feed = settings.s3_feeds[feed_name]
+    arns = Arns(settings.region, settings.account_id)
+    fix = "run provision-feeds for this feed"
+    check = FindingsFor(feed_name, f"sqs:{feed.queue}")
+    url = queue_url(aws, feed.queue)
+    if not check.expect("exists", url is not None, "queue exists", f"queue {feed.queue} is missing: {fix}"):
+        return check.findings
+    assert url is not None
+    attributes: dict[str, str] = dict(
+        aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]).get("Attributes", {}))
+
+    sse = attributes.get("SqsManagedSseEnabled") == "true" or bool(attributes.get("KmsMasterKeyId"))
+    check.expect("encryption", sse, "SSE on" if sse else "SSE off", fix)
+    if attributes.get("KmsMasterKeyId") == "alias/aws/sqs":
+        check.add("encryption key", Status.FAIL, "AWS-managed alias/aws/sqs silently drops S3 notifications",
+                  "use SSE-SQS or a customer-managed key that s3.amazonaws.com may use")
+
+    redrive = json.loads(attributes.get("RedrivePolicy", "{}"))
+    target = redrive.get("deadLetterTargetArn")
+    dlq_url = queue_url(aws, feed.dlq_name)
+    wired = target == arns.queue(feed.dlq_name) and dlq_url is not None
+    check.expect("dead-letter queue", wired,
+                 f"redrive to {target or 'nothing'} after {redrive.get('maxReceiveCount', '-')} receives",
+                 f"{fix}: dead-letter queue {feed.dlq_name} with maxReceiveCount {feed.max_receive_count}")
+
+    problems = policies.queue_policy_problems(policies.parse(attributes.get("Policy")), arns.queue(feed.queue),
+                                              arns.bucket(feed.bucket), settings.account_id)
+    check.expect("queue policy", not problems,
+                 "; ".join(problems) if problems else "only S3 from this bucket and account may send", fix)
+
+    depth = _depth(attributes)
+    limit = settings.backlog.max_visible_messages
+    check.expect("backlog", depth <= limit, f"{depth} messages waiting (limit {limit})",
+                 "XSIAM is not keeping up or not reading: check the data source's status and the reader key",
+                 failing=Status.WARN)
+    if dlq_url is not None:
+        dead = _depth(dict(aws.sqs.get_queue_attributes(
+            QueueUrl=dlq_url, AttributeNames=["ApproximateNumberOfMessages"]).get("Attributes", {})))
+        dlq_limit = settings.backlog.max_dlq_messages
+        check.expect("dead letters", dead <= dlq_limit, f"{dead} messages in {feed.dlq_name} (limit {dlq_limit})",
+                     "XSIAM failed these objects 4 times: inspect them, fix the cause, then redrive "
+                     f"(aws sqs start-message-move-task --source-arn {arns.queue(feed.dlq_name)})")
+    return check.findings
