@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from prefect import flow
 from prefect.futures import PrefectFuture
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows._common import StepsFailed, gather, publish, start_run
+from flows._common import StepsFailed, concurrent_tasks, gather, publish, start_run
 from socfeeds.report import Change
 from tasks.buckets import ensure_bucket
 from tasks.notifications import ensure_notification
@@ -17,7 +16,7 @@ from tasks.sources import ensure_source
 CHANGE_COLUMNS = ["feed", "resource", "action", "detail", "applied"]
 
 
-@flow(name="provision-feeds", task_runner=ThreadPoolTaskRunner(max_workers=16))
+@flow(name="provision-feeds", task_runner=concurrent_tasks())
 def provision_feeds(feeds: list[str] | None = None, dry_run: bool = False) -> list[Change]:
     """Create or adopt each feed's bucket, queues, notification, source and the XSIAM reader.
 
@@ -38,8 +37,10 @@ def provision_feeds(feeds: list[str] | None = None, dry_run: bool = False) -> li
             (f"ensure-bucket[{name}]", bucket),
             (f"ensure-queues[{name}]", queues),
             (f"ensure-notification[{name}]",
-             ensure_notification.submit(run.aws, run.settings, name, dry_run, wait_for=[bucket, queues])),
-            (f"ensure-source[{name}]", ensure_source.submit(run.aws, run.settings, name, dry_run, wait_for=[bucket])),
+             ensure_notification.submit(run.aws, run.settings, name, dry_run, return_state=False,
+                                       wait_for=[bucket, queues])),
+            (f"ensure-source[{name}]", ensure_source.submit(run.aws, run.settings, name, dry_run, return_state=False,
+                                                             wait_for=[bucket])),
         ]
     changes, errors = gather(steps)
     verb = "would make" if dry_run else "made"

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from prefect import flow
 from prefect.futures import PrefectFuture
-from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows._common import gather, publish, start_run
+from flows._common import concurrent_tasks, gather, publish, start_run
 from socfeeds.report import Finding, Status
 from tasks.buckets import check_bucket
 from tasks.notifications import check_notification
@@ -15,6 +14,7 @@ from tasks.reader import check_reader
 from tasks.sources import check_source
 
 FINDING_COLUMNS = ["feed", "resource", "check", "status", "detail", "fix"]
+FEED_CHECKS = (check_bucket, check_queue, check_notification, check_source)
 
 
 class ChecksFailed(RuntimeError):
@@ -25,7 +25,7 @@ class ChecksFailed(RuntimeError):
         self.findings = findings
 
 
-@flow(name="verify-feeds", task_runner=ThreadPoolTaskRunner(max_workers=16))
+@flow(name="verify-feeds", task_runner=concurrent_tasks())
 def verify_feeds(feeds: list[str] | None = None) -> list[Finding]:
     """Check each feed's bucket, queue, notification and source, and the XSIAM reader's grants.
 
@@ -40,7 +40,7 @@ def verify_feeds(feeds: list[str] | None = None) -> list[Finding]:
         ("check-reader", check_reader.submit(run.aws, run.settings))]
     for name in run.feeds:
         checks += [(f"{check.name}[{name}]", check.submit(run.aws, run.settings, name))
-                   for check in (check_bucket, check_queue, check_notification, check_source)]
+                   for check in FEED_CHECKS]
     findings, errors = gather(checks)
     findings += [Finding(feed=feed, resource=label, check="check ran", status=Status.FAIL, detail=error,
                          fix="see the task run's log; the check itself could not finish")

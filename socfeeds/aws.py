@@ -62,7 +62,7 @@ class AwsClients:
     def client(self, service: str) -> Any:
         with self._lock:
             if service not in self._clients:
-                self._clients[service] = self.session.client(
+                self._clients[service] = cast(Any, self.session).client(
                     service, region_name=self.region, endpoint_url=self.endpoint_url, config=self._config
                 )
             return self._clients[service]

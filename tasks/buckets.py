@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from botocore.exceptions import ClientError
 
@@ -98,7 +98,7 @@ def ensure_bucket(aws: AwsClients, settings: Settings, feed_name: str, dry_run: 
         algorithm = rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"]
         changes.make("set default encryption", algorithm,
                      lambda: aws.s3.put_bucket_encryption(
-                         Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [rule]}))  # type: ignore[list-item]
+                         Bucket=bucket, ServerSideEncryptionConfiguration=cast(Any, {"Rules": [rule]})))
 
     if feed.versioning and (not exists or aws.s3.get_bucket_versioning(Bucket=bucket).get("Status") != "Enabled"):
         changes.make("enable versioning", "the feed asks for versioning",

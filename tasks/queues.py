@@ -42,6 +42,11 @@ def queue_attributes(feed: S3Feed, settings: Settings) -> dict[str, str]:
     }
 
 
+def _attributes(aws: AwsClients, url: str, name: str) -> dict[str, str]:
+    answer = aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[name])  # type: ignore[list-item]
+    return {str(k): str(v) for k, v in answer.get("Attributes", {}).items()}
+
+
 def queue_url(aws: AwsClients, name: str) -> str | None:
     answer = absent_on(QUEUE_ABSENT, aws.sqs.get_queue_url, QueueName=name)
     return str(answer["QueueUrl"]) if answer else None
@@ -67,8 +72,8 @@ def _ensure_queue(aws: AwsClients, changes: ChangesFor, name: str, wanted: dict[
         changes.make("create queue", f"{name} with {', '.join(sorted(wanted))}",
                      lambda: aws.sqs.create_queue(QueueName=name, Attributes=wanted))  # type: ignore[arg-type]
         return
-    current = aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]).get("Attributes", {})
-    drift = {k: v for k, v in wanted.items() if not _same(k, current.get(k), v)}  # type: ignore[call-overload]
+    current = _attributes(aws, url, "All")
+    drift = {k: v for k, v in wanted.items() if not _same(k, current.get(k), v)}
     if drift:
         changes.make("set queue attributes", f"{name}: {', '.join(sorted(drift))}",
                      lambda: aws.sqs.set_queue_attributes(QueueUrl=url, Attributes=drift))  # type: ignore[arg-type]
@@ -98,8 +103,7 @@ def check_queue(aws: AwsClients, settings: Settings, feed_name: str) -> list[Fin
     if not check.expect("exists", url is not None, "queue exists", f"queue {feed.queue} is missing: {fix}"):
         return check.findings
     assert url is not None
-    attributes: dict[str, str] = dict(
-        aws.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"]).get("Attributes", {}))
+    attributes = _attributes(aws, url, "All")
 
     sse = attributes.get("SqsManagedSseEnabled") == "true" or bool(attributes.get("KmsMasterKeyId"))
     check.expect("encryption", sse, "SSE on" if sse else "SSE off", fix)
@@ -126,8 +130,7 @@ def check_queue(aws: AwsClients, settings: Settings, feed_name: str) -> list[Fin
                  "XSIAM is not keeping up or not reading: check the data source's status and the reader key",
                  failing=Status.WARN)
     if dlq_url is not None:
-        dead = _depth(dict(aws.sqs.get_queue_attributes(
-            QueueUrl=dlq_url, AttributeNames=["ApproximateNumberOfMessages"]).get("Attributes", {})))
+        dead = _depth(_attributes(aws, dlq_url, "ApproximateNumberOfMessages"))
         dlq_limit = settings.backlog.max_dlq_messages
         check.expect("dead letters", dead <= dlq_limit, f"{dead} messages in {feed.dlq_name} (limit {dlq_limit})",
                      "XSIAM failed these objects 4 times: inspect them, fix the cause, then redrive "

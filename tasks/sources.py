@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect.artifacts import create_markdown_artifact
+from prefect.context import TaskRunContext
 
 from socfeeds.arns import Arns
 from socfeeds.aws import AwsClients, absent_on
@@ -27,10 +28,10 @@ from tasks._task import aws_task
 
 # The custom format XSIAM's flow-log parser requires (feeds.md), in this order.
 FLOW_LOG_FIELDS = (
-    "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action "
-    "log-status az-id flow-direction instance-id pkt-srcaddr pkt-dstaddr region sublocation-id "
-    "sublocation-type subnet-id tcp-flags type vpc-id"
-).split()
+    "version", "account-id", "interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol", "packets",
+    "bytes", "start", "end", "action", "log-status", "az-id", "flow-direction", "instance-id", "pkt-srcaddr",
+    "pkt-dstaddr", "region", "sublocation-id", "sublocation-type", "subnet-id", "tcp-flags", "type", "vpc-id",
+)
 FLOW_LOG_FORMAT = " ".join("${" + field + "}" for field in FLOW_LOG_FIELDS)
 FIX = "run provision-feeds for this feed"
 
@@ -234,7 +235,7 @@ def fluent_bit_output(source: FluentBitSource, bucket: str, region: str) -> str:
     """The `[OUTPUT] s3` section the cluster's Fluent Bit runs (production shape, feeds.md)."""
     settings = [
         ("Name", "s3"), ("Match", source.match), ("bucket", bucket), ("region", region),
-        ("total_file_size", "5M"), ("upload_timeout", "10m"), ("store_dir", "/tmp/fluent-bit/s3"),
+        ("total_file_size", "5M"), ("upload_timeout", "10m"), ("store_dir", "/tmp/fluent-bit/s3"),  # noqa: S108 (a path on the Fluent Bit pod)
         ("store_dir_limit_size", "1G"), ("s3_key_format", f"/{source.key_prefix.strip('/')}/%Y/%m/%d/%H/%M/%S-$UUID"),
         ("use_put_object", "On"), ("json_date_key", "date"), ("Retry_Limit", "False"),
     ]
@@ -251,11 +252,12 @@ def _(source: FluentBitSource, aws: AwsClients, settings: Settings, feed: S3Feed
     def write() -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(rendered)
-        create_markdown_artifact(
-            key=f"fluent-bit-output-{changes.feed}",
-            markdown=f"Apply this Fluent Bit output to the cluster's logging config:\n\n```ini\n{rendered}```\n",
-            description=f"Fluent Bit S3 output for feed {changes.feed}",
-        )
+        if TaskRunContext.get() is not None:  # an artifact needs a run to belong to
+            create_markdown_artifact(
+                key=f"fluent-bit-output-{changes.feed}",
+                markdown=f"Apply this Fluent Bit output to the cluster's logging config:\n\n```ini\n{rendered}```\n",
+                description=f"Fluent Bit S3 output for feed {changes.feed}",
+            )
 
     changes.make("render fluent bit output", f"{path} (apply it to the cluster's Fluent Bit config)", write)
 

@@ -14,6 +14,15 @@ from deployments.local.stack import LocalStack
 STATE_DIR = Path(".state/local")
 
 
+def flush_prefect_logs() -> None:
+    """Send buffered run logs and events while the server is still up (else exit hangs retrying)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
+    EventsWorker.drain_all(timeout=5)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--state-dir", type=Path, default=STATE_DIR)
@@ -30,10 +39,13 @@ def main() -> int:
         provision_feeds()
         state = verify_feeds(return_state=True)
         outcome = state.result(raise_on_failure=False)
+        if isinstance(outcome, Exception) and not isinstance(outcome, ChecksFailed):
+            raise outcome
         findings = outcome.findings if isinstance(outcome, ChecksFailed) else outcome
         print("\nverify-feeds:\n" + render_table(table_rows(findings), ["feed", "resource", "check", "status",
                                                                         "detail", "fix"]))
         print(f"\nverify-feeds finished {state.name}")
+        flush_prefect_logs()
         return 0 if state.is_completed() else 1
 
 

@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import boto3
 
@@ -74,13 +74,14 @@ class LocalAws:
     def client(self, service: str, credentials: Credentials | None = None) -> Any:
         creds = credentials or self.admin
         assert creds is not None
-        return boto3.client(service, region_name=REGION, endpoint_url=self.endpoint_url,
+        return cast(Any, boto3).client(service, region_name=REGION, endpoint_url=self.endpoint_url,
                             aws_access_key_id=creds.access_key_id, aws_secret_access_key=creds.secret_access_key)
 
     def _moto_api(self, path: str, body: str) -> None:
-        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/{path}", data=body.encode(),
-                                         headers={"Content-Type": "text/plain"}, method="POST")
-        with urllib.request.urlopen(request, timeout=10):  # noqa: S310 (our own 127.0.0.1 endpoint)
+        request = urllib.request.Request(  # noqa: S310 (our own http://127.0.0.1 endpoint)
+            f"{self.endpoint_url}/moto-api/{path}", data=body.encode(),
+            headers={"Content-Type": "text/plain"}, method="POST")
+        with urllib.request.urlopen(request, timeout=10):  # noqa: S310 (our own http://127.0.0.1 endpoint)
             pass
 
     def _bootstrap_admin(self) -> Credentials:

@@ -1,0 +1,93 @@
+"""One session-scoped harness: a real moto server process (IAM auth on) and one Prefect server.
+
+Each test gets its own settings file whose resource names carry a unique prefix, so tests share
+the servers without sharing state and need no reset between them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+from deployments.local.stack import LocalAws, local_settings, write_settings
+from socfeeds.aws import AwsClients
+from socfeeds.settings import SETTINGS_FILE_ENV, Settings
+
+_prefixes = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def local_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAws]:
+    aws = LocalAws(tmp_path_factory.mktemp("aws")).start()
+    yield aws
+    aws.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One Prefect server for the whole session (starting one costs ~20 s)."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture
+def prefect_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Prefect's run loggers do not propagate by default; this lets a test read their text."""
+    logger = logging.getLogger("prefect")
+    logger.propagate = True
+    caplog.set_level(logging.INFO)
+    yield caplog
+    logger.propagate = False
+
+
+class Stack:
+    """The per-test view of the local stack: settings, a settings file in the env, and clients."""
+
+    def __init__(self, aws: LocalAws, values: dict[str, Any], settings_file: Path) -> None:
+        self.local = aws
+        self.values = values
+        self.settings_file = settings_file
+
+    @property
+    def settings(self) -> Settings:
+        return Settings()
+
+    def update(self, **changes: Any) -> None:
+        """Rewrite the settings file (as an operator would edit it)."""
+        self.values.update(changes)
+        write_settings(self.values, self.settings_file)
+
+    @property
+    def aws(self) -> AwsClients:
+        assert self.local.admin is not None
+        session = boto3.session.Session(aws_access_key_id=self.local.admin.access_key_id,
+                                        aws_secret_access_key=self.local.admin.secret_access_key)
+        return AwsClients.from_settings(self.settings, session=session)
+
+    def client(self, service: str) -> Any:
+        return self.local.client(service)
+
+
+@pytest.fixture
+def stack(local_aws: LocalAws, prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Stack:
+    prefix = f"t{next(_prefixes)}-"
+    values = local_settings(local_aws, tmp_path, prefix=prefix)
+    settings_file = write_settings(values, tmp_path / "socfeeds.json")
+    monkeypatch.setenv(SETTINGS_FILE_ENV, str(settings_file))
+    assert local_aws.admin is not None
+    for key, value in local_aws.admin.env().items():
+        monkeypatch.setenv(key, value)
+    return Stack(local_aws, values, settings_file)

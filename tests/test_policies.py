@@ -1,0 +1,175 @@
+"""Every policy document socfeeds writes, and the analysis verify runs on what it reads back."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from socfeeds import policies
+from socfeeds.settings import Settings
+
+ACCOUNT = "123456789012"
+BUCKET_ARN = "arn:aws:s3:::logs-bucket"
+QUEUE_ARN = f"arn:aws:sqs:eu-west-2:{ACCOUNT}:logs-queue"
+
+
+def settings(**overrides: Any) -> Settings:
+    return Settings(**{"account_id": ACCOUNT, "vpc_id": "vpc-12345678", **overrides})
+
+
+def by_sid(statements: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {s["Sid"]: s for s in statements}
+
+
+def test_tls_only_deny_covers_bucket_and_objects_and_is_recognised() -> None:
+    statement = policies.tls_only_statement(BUCKET_ARN)
+    assert statement["Effect"] == "Deny" and statement["Principal"] == "*" and statement["Action"] == "s3:*"
+    assert statement["Resource"] == [BUCKET_ARN, BUCKET_ARN + "/*"]
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert policies.has_tls_only_deny(policies.document([statement]), BUCKET_ARN)
+    only_objects = {**statement, "Resource": BUCKET_ARN + "/*"}
+    assert not policies.has_tls_only_deny(policies.document([only_objects]), BUCKET_ARN)
+
+
+def test_emulator_setting_leaves_only_the_conditional_deny_out() -> None:
+    real = by_sid(policies.bucket_statements(settings().s3_feeds["cloudtrail"], settings()))
+    emulated_settings = settings(omit_conditional_denies=True)
+    emulated = by_sid(policies.bucket_statements(emulated_settings.s3_feeds["cloudtrail"], emulated_settings))
+    assert set(real) - set(emulated) == {policies.TLS_ONLY_SID}
+    assert all(s["Effect"] == "Allow" for s in emulated.values())
+
+
+def test_cloudtrail_may_check_acl_and_write_only_its_own_prefix_with_owner_control() -> None:
+    s = settings()
+    feed = s.s3_feeds["cloudtrail"]
+    statements = by_sid(policies.source_write_statements(feed, s))
+    trail_arn = f"arn:aws:cloudtrail:eu-west-2:{ACCOUNT}:trail/cloud-platform-cloudtrail"
+    acl, write = statements["SocfeedsCloudTrailAclCheck"], statements["SocfeedsCloudTrailWrite"]
+    assert acl["Principal"] == write["Principal"] == {"Service": "cloudtrail.amazonaws.com"}
+    assert (acl["Action"], acl["Resource"]) == ("s3:GetBucketAcl", f"arn:aws:s3:::{feed.bucket}")
+    assert write["Resource"] == f"arn:aws:s3:::{feed.bucket}/AWSLogs/{ACCOUNT}/*"
+    assert write["Condition"]["StringEquals"] == {"s3:x-amz-acl": "bucket-owner-full-control",
+                                                  "aws:SourceArn": trail_arn}
+
+
+@pytest.mark.parametrize("feed_name", ["vpc-flow-logs", "route53-resolver"])
+def test_log_delivery_is_scoped_to_this_account(feed_name: str) -> None:
+    s = settings()
+    statements = by_sid(policies.source_write_statements(s.s3_feeds[feed_name], s))
+    write = statements["SocfeedsLogDeliveryWrite"]
+    assert write["Principal"] == {"Service": "delivery.logs.amazonaws.com"}
+    assert write["Condition"] == {
+        "StringEquals": {"aws:SourceAccount": ACCOUNT, "s3:x-amz-acl": "bucket-owner-full-control"},
+        "ArnLike": {"aws:SourceArn": f"arn:aws:logs:eu-west-2:{ACCOUNT}:*"},
+    }
+    assert statements["SocfeedsLogDeliveryAclCheck"]["Condition"]["StringEquals"] == {"aws:SourceAccount": ACCOUNT}
+
+
+def test_fluent_bit_feed_needs_no_service_statement() -> None:
+    s = settings()
+    assert policies.source_write_statements(s.s3_feeds["application-logs"], s) == []
+
+
+def test_merge_replaces_owned_statements_and_keeps_everyone_elses() -> None:
+    theirs = {"Sid": "TeamAccess", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::1:root"},
+              "Action": "s3:GetObject", "Resource": BUCKET_ARN + "/*"}
+    stale_ours = {"Sid": "SocfeedsOld", "Effect": "Allow", "Principal": "*", "Action": "s3:*", "Resource": "*"}
+    merged = policies.merge_owned(policies.document([theirs, stale_ours]), [policies.tls_only_statement(BUCKET_ARN)])
+    assert [s["Sid"] for s in merged["Statement"]] == ["TeamAccess", policies.TLS_ONLY_SID]
+
+
+def test_missing_statements_compare_canonically() -> None:
+    statement = policies.tls_only_statement(BUCKET_ARN)
+    reordered = {**statement, "Resource": list(reversed(statement["Resource"]))}
+    assert policies.missing_statements(policies.document([reordered]), [statement]) == []
+    assert policies.missing_statements(policies.document([]), [statement]) == [policies.TLS_ONLY_SID]
+
+
+def test_queue_policy_allows_only_s3_from_the_bucket_and_account() -> None:
+    doc = policies.queue_policy(QUEUE_ARN, BUCKET_ARN, ACCOUNT)
+    [statement] = doc["Statement"]
+    assert statement["Principal"] == {"Service": "s3.amazonaws.com"} and statement["Action"] == "sqs:SendMessage"
+    assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": BUCKET_ARN},
+                                      "StringEquals": {"aws:SourceAccount": ACCOUNT}}
+    assert policies.queue_policy_problems(doc, QUEUE_ARN, BUCKET_ARN, ACCOUNT) == []
+
+
+def _broken(mutate: Any) -> list[str]:
+    doc = copy.deepcopy(policies.queue_policy(QUEUE_ARN, BUCKET_ARN, ACCOUNT))
+    mutate(doc)
+    return policies.queue_policy_problems(doc, QUEUE_ARN, BUCKET_ARN, ACCOUNT)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: d["Statement"][0]["Condition"].pop("StringEquals"), "aws:SourceAccount condition is None"),
+        (lambda d: d["Statement"][0]["Condition"].pop("ArnEquals"), "aws:SourceArn condition is None"),
+        (lambda d: d["Statement"][0]["Condition"]["ArnEquals"].update({"aws:SourceArn": "arn:aws:s3:::other"}),
+         "expected arn:aws:s3:::logs-bucket"),
+        (lambda d: d["Statement"][0].update(Principal="*"), "is not only s3.amazonaws.com"),
+        (lambda d: d["Statement"][0].update(Action="sqs:*"), "are not only sqs:SendMessage"),
+        (lambda d: d["Statement"].append({**d["Statement"][0], "Sid": "Extra"}), "2 Allow statements"),
+        (lambda d: d.update(Statement=[]), "no statement allows s3.amazonaws.com"),
+    ],
+)
+def test_queue_policy_problems_are_named(mutate: Any, expected: str) -> None:
+    assert any(expected in problem for problem in _broken(mutate))
+
+
+def test_queue_policy_accepts_like_operators_and_extra_denies() -> None:
+    def loosen(doc: dict[str, Any]) -> None:
+        conditions = doc["Statement"][0]["Condition"]
+        conditions["ArnLike"] = conditions.pop("ArnEquals")
+        doc["Statement"].append({"Effect": "Deny", "Principal": "*", "Action": "sqs:*", "Resource": QUEUE_ARN})
+
+    assert _broken(loosen) == []
+
+
+def test_reader_policy_is_exactly_what_xsiam_needs() -> None:
+    s = settings()
+    doc = policies.reader_policy(s)
+    statements = by_sid(doc["Statement"])
+    assert set(statements) == {"SocfeedsReadQueues", "SocfeedsReadObjects"}
+    assert statements["SocfeedsReadQueues"]["Action"] == list(policies.READER_QUEUE_ACTIONS)
+    assert "sqs:ListQueues" not in statements["SocfeedsReadQueues"]["Action"]
+    assert statements["SocfeedsReadObjects"]["Action"] == ["s3:GetObject"]
+    assert len(statements["SocfeedsReadQueues"]["Resource"]) == len(s.s3_feeds) == 4
+    assert all(r.endswith("/*") for r in statements["SocfeedsReadObjects"]["Resource"])
+    review = policies.review_grants(doc["Statement"], doc)
+    assert (review.missing, review.excess) == ([], [])
+
+
+def test_reader_gets_kms_decrypt_only_for_keys_in_use() -> None:
+    key = "arn:aws:kms:eu-west-2:123456789012:key/0f6f1e33-1111-4a4a-9b9b-123456789abc"
+    feed = {"log_type": "Generic", "bucket": "enc-logs", "queue": "enc-logs", "retention_days": 30,
+            "kms_key_arn": key}
+    doc = policies.reader_policy(settings(s3_feeds={"enc": feed}))
+    assert by_sid(doc["Statement"])["SocfeedsDecrypt"] == {
+        "Sid": "SocfeedsDecrypt", "Effect": "Allow", "Action": ["kms:Decrypt"], "Resource": [key]}
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({"Effect": "Allow", "Action": "s3:*", "Resource": BUCKET_ARN}, "wildcard grant s3:* on"),
+        ({"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": QUEUE_ARN}, "sqs:sendmessage on"),
+        ({"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}, "wildcard grant s3:getobject on *"),
+        ({"Effect": "Allow", "NotAction": "iam:*", "Resource": "*"}, "NotAction grants everything"),
+    ],
+)
+def test_review_flags_anything_beyond_the_reader_policy(extra: dict[str, Any], expected: str) -> None:
+    doc = policies.reader_policy(settings())
+    review = policies.review_grants([*doc["Statement"], extra], doc)
+    assert any(expected in line for line in review.excess), review.excess
+
+
+def test_review_reports_missing_grants_and_ignores_denies() -> None:
+    doc = policies.reader_policy(settings())
+    queues_only = [s for s in doc["Statement"] if s["Sid"] == "SocfeedsReadQueues"]
+    deny = {"Effect": "Deny", "Action": "*", "Resource": "*"}
+    review = policies.review_grants([*queues_only, deny], doc)
+    assert review.excess == []
+    assert len(review.missing) == 4 and all(m.startswith("s3:getobject on arn:aws:s3:::") for m in review.missing)

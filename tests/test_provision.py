@@ -1,0 +1,115 @@
+"""provision-feeds against the real moto server: from empty, rerun, dry run, adoption, merging."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import Stack
+
+from flows.provision import provision_feeds
+from flows.verify import verify_feeds
+from socfeeds.report import Status
+from tasks.buckets import bucket_exists
+from tasks.notifications import NotificationOverlap, ensure_notification
+from tasks.queues import queue_url
+
+
+def test_provision_from_empty_then_verify_passes_and_rerun_is_a_no_op(stack: Stack) -> None:
+    changes = provision_feeds()
+    actions = {(c.feed, c.action) for c in changes}
+    for feed in stack.settings.s3_feeds:
+        assert {(feed, "create bucket"), (feed, "create queue"), (feed, "notify queue")} <= actions
+    assert {("reader", "create user"), ("reader", "create policy"), ("reader", "attach policy"),
+            ("cloudtrail", "create trail"), ("cloudtrail", "start logging"),
+            ("vpc-flow-logs", "create flow log"), ("route53-resolver", "create query log config"),
+            ("route53-resolver", "associate query logging"),
+            ("application-logs", "render fluent bit output")} <= actions
+    assert all(c.applied for c in changes)
+
+    findings = verify_feeds()
+    assert [f for f in findings if f.status is Status.FAIL] == []
+    assert provision_feeds() == []
+
+
+def test_dry_run_reports_every_change_and_makes_none(stack: Stack) -> None:
+    planned = provision_feeds(dry_run=True)
+    settings = stack.settings
+    assert planned and not any(c.applied for c in planned)
+    assert {c.feed for c in planned} == {*settings.s3_feeds, "reader"}
+    aws = stack.aws
+    for feed in settings.s3_feeds.values():
+        assert not bucket_exists(aws, feed.bucket)
+        assert queue_url(aws, feed.queue) is None
+    users = [u["UserName"] for u in stack.client("iam").list_users()["Users"]]
+    assert settings.reader.user_name not in users
+    applied = provision_feeds()
+    assert [(c.feed, c.resource, c.action) for c in applied] == [(c.feed, c.resource, c.action) for c in planned]
+
+
+def test_a_subset_of_feeds_is_provisioned_alone(stack: Stack) -> None:
+    provision_feeds(feeds=["application-logs"])
+    aws, feeds = stack.aws, stack.settings.s3_feeds
+    assert bucket_exists(aws, feeds["application-logs"].bucket)
+    assert not bucket_exists(aws, feeds["cloudtrail"].bucket)
+
+
+def test_unknown_feed_fails_before_any_aws_call(stack: Stack) -> None:
+    state = provision_feeds(feeds=["cloudtrial"], return_state=True)
+    assert state.is_failed()
+    assert "unknown feed(s) ['cloudtrial']" in str(state.result(raise_on_failure=False))
+
+
+def test_invalid_settings_fail_the_run_naming_the_field(stack: Stack) -> None:
+    stack.update(region="eu-west-9")
+    state = verify_feeds(return_state=True)
+    assert state.is_failed() and "unknown AWS region 'eu-west-9'" in str(state.result(raise_on_failure=False))
+
+
+def test_existing_bucket_is_adopted_and_other_policy_statements_are_kept(stack: Stack) -> None:
+    bucket = stack.settings.s3_feeds["vpc-flow-logs"].bucket
+    s3 = stack.client("s3")
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    team = {"Sid": "PlatformTeamRead", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
+            "Action": "s3:GetObject", "Resource": f"arn:aws:s3:::{bucket}/*"}
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps({"Version": "2012-10-17", "Statement": [team]}))
+    changes = provision_feeds(feeds=["vpc-flow-logs"])
+    assert ("vpc-flow-logs", "create bucket") not in {(c.feed, c.action) for c in changes}
+    statements = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])["Statement"]
+    assert team in statements and {"SocfeedsLogDeliveryWrite", "SocfeedsLogDeliveryAclCheck"} <= {
+        s.get("Sid") for s in statements}
+
+
+def _other_queue(stack: Stack, name: str) -> str:
+    sqs = stack.client("sqs")
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]
+    return str(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"])
+
+
+def test_notification_merge_keeps_another_consumers_entry(stack: Stack) -> None:
+    provision_feeds(feeds=["cloudtrail"])
+    bucket = stack.settings.s3_feeds["cloudtrail"].bucket
+    s3 = stack.client("s3")
+    other = {"Id": "audit-deletes", "QueueArn": _other_queue(stack, bucket[:60] + "-del"),
+             "Events": ["s3:ObjectRemoved:*"]}
+    config = s3.get_bucket_notification_configuration(Bucket=bucket)
+    s3.put_bucket_notification_configuration(Bucket=bucket, NotificationConfiguration={
+        "QueueConfigurations": [other]})  # someone overwrote ours, keeping only theirs
+    provision_feeds(feeds=["cloudtrail"])
+    entries = s3.get_bucket_notification_configuration(Bucket=bucket)["QueueConfigurations"]
+    assert {e["Id"] for e in entries} == {"audit-deletes", config["QueueConfigurations"][0]["Id"]}
+
+
+def test_overlapping_notification_is_a_clear_error_not_an_overwrite(stack: Stack) -> None:
+    provision_feeds(feeds=["route53-resolver"], dry_run=False)
+    feed = stack.settings.s3_feeds["route53-resolver"]
+    s3 = stack.client("s3")
+    theirs = {"Id": "siem-pilot", "QueueArn": _other_queue(stack, feed.queue + "-pilot"),
+              "Events": ["s3:ObjectCreated:Put"]}
+    s3.put_bucket_notification_configuration(Bucket=feed.bucket, NotificationConfiguration={
+        "QueueConfigurations": [theirs]})
+    with pytest.raises(NotificationOverlap, match="notification 'siem-pilot' already sends object-created events"):
+        ensure_notification.fn(stack.aws, stack.settings, "route53-resolver", False)
+    state = provision_feeds(feeds=["route53-resolver"], return_state=True)
+    assert state.is_failed() and "ensure-notification[route53-resolver]" in str(state.result(raise_on_failure=False))
+    assert s3.get_bucket_notification_configuration(Bucket=feed.bucket)["QueueConfigurations"] == [theirs]

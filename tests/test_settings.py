@@ -1,0 +1,106 @@
+"""Settings are validated before any AWS call, and errors name the field and the value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from socfeeds.settings import SETTINGS_FILE_ENV, FlowLogSource, Settings
+
+BASE: dict[str, Any] = {"account_id": "123456789012", "vpc_id": "vpc-0123456789abcdef0"}
+
+
+def settings(**overrides: Any) -> Settings:
+    return Settings(**{**BASE, **overrides})
+
+
+@pytest.fixture(autouse=True)
+def no_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (SETTINGS_FILE_ENV, "SOCFEEDS_ACCOUNT_ID", "SOCFEEDS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def feed(**overrides: Any) -> dict[str, Any]:
+    return {"log_type": "Generic", "bucket": "my-logs-{account_id}", "queue": "my-logs", "retention_days": 30,
+            **overrides}
+
+
+def test_defaults_are_the_four_production_feeds_with_names_rendered() -> None:
+    s = settings()
+    assert sorted(s.s3_feeds) == ["application-logs", "cloudtrail", "route53-resolver", "vpc-flow-logs"]
+    assert s.s3_feeds["cloudtrail"].bucket == "cp-cloudtraillogs-123456789012-do-not-delete"
+    assert s.s3_feeds["cloudtrail"].dlq_name == "cp-cloudtrail-xsiam-dlq"
+    source = s.s3_feeds["vpc-flow-logs"].source
+    assert isinstance(source, FlowLogSource) and source.vpc_id == BASE["vpc_id"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"account_id": "12345"}, "account_id"),
+        ({"region": "eu-west-9"}, "unknown AWS region 'eu-west-9'"),
+        ({"vpc_id": "subnet-123"}, "'subnet-123' is not a VPC id"),
+        ({"s3_feeds": {"x": feed(bucket="Bad_Bucket")}}, "s3_feeds.x.bucket: 'Bad_Bucket'"),
+        ({"s3_feeds": {"x": feed(bucket="192.168.1.1")}}, "s3_feeds.x.bucket: '192.168.1.1'"),
+        ({"s3_feeds": {"x": feed(queue="q.fifo")}}, "s3_feeds.x.queue: 'q.fifo'"),
+        ({"s3_feeds": {"x": feed(dlq="a" * 81)}}, "s3_feeds.x.dlq"),
+        ({"s3_feeds": {"x": feed(retention_days=0)}}, "retention_days"),
+        ({"s3_feeds": {"x": feed(kms_key_arn="arn:aws:kms:eu-west-2:1:key/x")}}, "is not a KMS key or alias ARN"),
+        ({"s3_feeds": {"x": feed(log_type="Firewall")}}, "log_type"),
+        ({"s3_feeds": {"Bad Name": feed()}}, "feed name 'Bad Name'"),
+        ({"vpc_id": None, "s3_feeds": {"x": feed(source={"kind": "vpc_flow_log"})}}, "s3_feeds.x.source.vpc_id"),
+        ({"reader": {"path": "no-slashes"}}, "reader.path"),
+        ({"s3_feeds": {"x": feed(colour="blue")}}, "colour"),
+    ],
+)
+def test_invalid_values_name_the_field(overrides: dict[str, Any], expected: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        settings(**overrides)
+    assert expected in str(raised.value)
+
+
+def test_missing_account_id_is_named() -> None:
+    with pytest.raises(ValidationError, match="account_id"):
+        Settings()
+
+
+def test_a_new_feed_is_one_entry_in_a_settings_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cloudfront = feed(bucket="cp-cloudfront-logs-{account_id}", queue="cp-cloudfront-xsiam")
+    path = tmp_path / "socfeeds.json"
+    path.write_text(json.dumps({**BASE, "s3_feeds": {"cloudfront": cloudfront}}))
+    monkeypatch.setenv(SETTINGS_FILE_ENV, str(path))
+    s = Settings()
+    assert s.s3_feeds["cloudfront"].bucket == "cp-cloudfront-logs-123456789012"
+    assert s.s3_feeds["cloudfront"].source is None
+
+
+def test_toml_settings_file_and_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "socfeeds.toml"
+    path.write_text('account_id = "123456789012"\nregion = "eu-west-1"\nvpc_id = "vpc-12345678"\n')
+    monkeypatch.setenv(SETTINGS_FILE_ENV, str(path))
+    monkeypatch.setenv("SOCFEEDS_REGION", "us-east-1")
+    monkeypatch.setenv("SOCFEEDS_READER__USER_NAME", "xsiam-reader")
+    s = Settings()
+    assert (s.account_id, s.region, s.reader.user_name) == ("123456789012", "us-east-1", "xsiam-reader")
+
+
+def test_missing_settings_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SETTINGS_FILE_ENV, str(tmp_path / "nope.json"))
+    with pytest.raises(ValueError, match=r"nope\.json"):
+        Settings()
+
+
+def test_feed_selection_refuses_unknown_names() -> None:
+    s = settings()
+    assert list(s.select_feeds(["cloudtrail"])) == ["cloudtrail"]
+    with pytest.raises(ValueError, match=r"unknown feed\(s\) \['cloudtrial'\]; known: \['application-logs'"):
+        s.select_feeds(["cloudtrial"])
+
+
+def test_secret_values_do_not_show_in_repr() -> None:
+    s = settings(xsiam_api_key="super-secret-token")
+    assert "super-secret-token" not in repr(s) and "super-secret-token" not in str(s.model_dump())
