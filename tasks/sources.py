@@ -15,6 +15,7 @@ from prefect.context import TaskRunContext
 
 from socfeeds.arns import Arns
 from socfeeds.aws import AwsClients, absent_on
+from socfeeds.formats import FLOW_LOG_FIELDS
 from socfeeds.report import Change, ChangesFor, Finding, FindingsFor, Status
 from socfeeds.settings import (
     CloudTrailSource,
@@ -27,11 +28,6 @@ from socfeeds.settings import (
 from tasks._task import aws_task
 
 # The custom format XSIAM's flow-log parser requires (feeds.md), in this order.
-FLOW_LOG_FIELDS = (
-    "version", "account-id", "interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol", "packets",
-    "bytes", "start", "end", "action", "log-status", "az-id", "flow-direction", "instance-id", "pkt-srcaddr",
-    "pkt-dstaddr", "region", "sublocation-id", "sublocation-type", "subnet-id", "tcp-flags", "type", "vpc-id",
-)
 FLOW_LOG_FORMAT = " ".join("${" + field + "}" for field in FLOW_LOG_FIELDS)
 FIX = "run provision-feeds for this feed"
 

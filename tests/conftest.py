@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,29 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from deployments.local.stack import LocalAws, local_settings, write_settings
+from deployments.local.stack import (
+    LocalAws,
+    local_settings,
+    loopback_guard_env,
+    write_settings,
+)
 from socfeeds.aws import AwsClients
 from socfeeds.settings import SETTINGS_FILE_ENV, Settings
 
 _prefixes = itertools.count(1)
+_connect = socket.socket.connect
+
+
+def _loopback_only(sock: socket.socket, address: Any) -> None:
+    """The tests may reach only this machine; anything else is a bug to surface, not traffic to send."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        host = str(address[0])
+        if not (host.startswith("127.") or host in {"::1", "localhost"}):
+            raise AssertionError(f"test tried to connect to {address}: only 127.0.0.1 is allowed")
+    _connect(sock, address)
+
+
+socket.socket.connect = _loopback_only  # type: ignore[method-assign,assignment]
 
 
 @pytest.fixture(scope="session")
@@ -88,6 +107,6 @@ def stack(local_aws: LocalAws, prefect_server: None, tmp_path: Path, monkeypatch
     settings_file = write_settings(values, tmp_path / "socfeeds.json")
     monkeypatch.setenv(SETTINGS_FILE_ENV, str(settings_file))
     assert local_aws.admin is not None
-    for key, value in local_aws.admin.env().items():
+    for key, value in {**local_aws.admin.env(), **loopback_guard_env(local_aws.endpoint_url)}.items():
         monkeypatch.setenv(key, value)
     return Stack(local_aws, values, settings_file)

@@ -57,6 +57,14 @@ def test_reader_can_collect_but_not_write(stack: Stack, reader_key: Credentials)
     assert "not authorized to perform: sqs:SendMessage" in str(send.value)
 
 
+def test_emulator_gap_get_queue_url_is_refused_despite_the_grant(stack: Stack, reader_key: Credentials) -> None:
+    """moto 5.2.5 refuses sqs:GetQueueUrl granted on the queue ARN (AWS allows it): readers take queue URLs,
+    as XSIAM's data source configuration does anyway."""
+    with pytest.raises(ClientError) as raised:
+        stack.local.client("sqs", reader_key).get_queue_url(QueueName=stack.settings.s3_feeds["application-logs"].queue)
+    assert "not authorized to perform: sqs:GetQueueUrl" in str(raised.value)
+
+
 def test_deleted_key_is_rejected(stack: Stack, reader_key: Credentials) -> None:
     stack.client("iam").delete_access_key(UserName=stack.settings.reader.user_name,
                                           AccessKeyId=reader_key.access_key_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -41,6 +42,11 @@ class Credentials:
 
     def env(self) -> dict[str, str]:
         return {"AWS_ACCESS_KEY_ID": self.access_key_id, "AWS_SECRET_ACCESS_KEY": self.secret_access_key}
+
+
+def loopback_guard_env(endpoint_url: str) -> dict[str, str]:
+    """Defence in depth: any boto3 client that forgets its endpoint still talks to the emulator."""
+    return {"AWS_ENDPOINT_URL": endpoint_url, "AWS_DEFAULT_REGION": REGION}
 
     def __repr__(self) -> str:
         return f"Credentials({self.access_key_id}, secret=***)"
@@ -202,10 +208,82 @@ class LocalStack:
     def env(self) -> dict[str, str]:
         """The environment a flow process needs to run against this stack."""
         assert self.aws.admin is not None
-        env = {SETTINGS_FILE_ENV: str(self.settings_file), **self.aws.admin.env()}
+        env = {SETTINGS_FILE_ENV: str(self.settings_file), **self.aws.admin.env(),
+               **loopback_guard_env(self.aws.endpoint_url)}
         if self.prefect:
             env.update(self.prefect.env)
         return env
 
     def apply_env(self) -> None:
         os.environ.update(self.env())
+
+
+class LocalXsiam:
+    """The XSIAM stand-in process, given a tenant's secrets through its environment as a tenant would be."""
+
+    def __init__(self, state_dir: Path, aws: LocalAws, feeds: list[dict[str, str]] | None = None,
+                 reader_secret_id: str | None = None, reader_key: Credentials | None = None,
+                 reload_seconds: float | None = None) -> None:
+        self.folder = state_dir / "xsiam"
+        self.firehose_token = secrets.token_urlsafe(32)
+        self.api_key = secrets.token_urlsafe(48)
+        self.api_key_id = "1"
+        env = {"XSIAM_FIREHOSE_TOKEN": self.firehose_token, "XSIAM_API_KEY": self.api_key,
+               "XSIAM_API_KEY_ID": self.api_key_id}
+        argv = python_module("deployments.xsiam.server", "--state-dir", str(self.folder))
+        if feeds is not None:
+            assert aws.admin is not None
+            config = {"region": REGION, "endpoint_url": aws.endpoint_url, "feeds": feeds,
+                      "reader": {"secret_id": reader_secret_id} if reader_secret_id else {},
+                      "reload_seconds": reload_seconds}
+            config_path = self.folder / "collector.json"
+            write_settings(config, config_path)
+            argv += ["--config", str(config_path)]
+            env.update(aws.admin.env())  # the operator's identity, only to read the reader's secret
+            env.update(loopback_guard_env(aws.endpoint_url))
+            if reader_key:
+                env.update({"XSIAM_READER_ACCESS_KEY_ID": reader_key.access_key_id,
+                            "XSIAM_READER_SECRET_ACCESS_KEY": reader_key.secret_access_key})
+        self.process = ManagedProcess("xsiam stand-in", argv, state_dir / "logs" / "xsiam.log", env=env)
+        self.url = ""
+
+    def start(self) -> LocalXsiam:
+        import subprocess
+
+        self.process.start(stdout=subprocess.PIPE)
+        self.url = f"http://127.0.0.1:{self.process.read_ready_line(deadline_s=60)['port']}"
+        return self
+
+    def stop(self) -> None:
+        self.process.stop()
+
+    @property
+    def firehose_url(self) -> str:
+        return f"{self.url}/logs/v1/aws"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.url}/public_api/v1"
+
+    def _call(self, method: str, path: str) -> Any:
+        request = urllib.request.Request(f"{self.url}{path}", method=method,  # noqa: S310 (http://127.0.0.1)
+                                         data=b"" if method == "POST" else None)
+        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 (http://127.0.0.1)
+            return json.loads(answer.read())
+
+    def events(self, dataset: str | None = None) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/standin/events" + (f"?dataset={dataset}" if dataset else "")))
+
+    def failures(self) -> list[dict[str, Any]]:
+        return list(self._call("GET", "/standin/failures"))
+
+    def reload(self) -> str:
+        """What an operator does after pasting a new key: the collector takes the secret's current key."""
+        return str(self._call("POST", "/standin/reload")["key_id"])
+
+
+def collector_feeds(aws: LocalAws, settings_values: dict[str, Any]) -> list[dict[str, str]]:
+    """The stand-in's data sources for every S3 feed in a settings file's catalog (queues must exist)."""
+    sqs = aws.client("sqs")
+    return [{"name": name, "queue_url": sqs.get_queue_url(QueueName=feed["queue"])["QueueUrl"],
+             "log_type": feed["log_type"]} for name, feed in settings_values["s3_feeds"].items()]

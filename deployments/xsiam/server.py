@@ -1,0 +1,156 @@
+"""The local XSIAM stand-in: Firehose endpoint, S3 collector over SQS, and the XQL query subset.
+
+    python -m deployments.xsiam.server --state-dir DIR [--config collector.json]
+
+Secrets come from the environment, as a tenant's would: XSIAM_FIREHOSE_TOKEN, XSIAM_API_KEY,
+XSIAM_API_KEY_ID, and (without a `secret_id` in the config) XSIAM_READER_ACCESS_KEY_ID /
+XSIAM_READER_SECRET_ACCESS_KEY. Binds 127.0.0.1 on a free port and prints {"port": N} when ready.
+SIGHUP (or POST /standin/reload) reloads the reader's credentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from deployments.xsiam import firehose
+from deployments.xsiam.collector import Collector, FeedSource, ReaderIdentity
+from deployments.xsiam.store import Store, now_ms
+from deployments.xsiam.xql import XqlApi
+
+FIREHOSE_PATH = "/logs/v1/aws"
+XQL_PREFIX = "/public_api/v1/xql/"
+
+
+class StandIn:
+    def __init__(self, store: Store, firehose_token: str, xql: XqlApi, collector: Collector | None) -> None:
+        self.store, self.firehose_token, self.xql, self.collector = store, firehose_token, xql, collector
+
+
+def make_handler(app: StandIn) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # requests carry access keys in headers: never log them
+
+        def _send(self, status: int, body: Any, close: bool = False) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            if close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _headers(self) -> dict[str, str]:
+            """Header names are case-insensitive: lower-case them once."""
+            return {name.lower(): value for name, value in self.headers.items()}
+
+        def _body(self) -> bytes | None:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length <= firehose.MAX_BODY_BYTES:
+                return self.rfile.read(length)
+            while length > 0:  # drain, so the client reads our 413 instead of a broken pipe
+                length -= len(self.rfile.read(min(length, 1 << 20)) or b"\0" * length)
+            return None
+
+        def do_POST(self) -> None:
+            path = urlparse(self.path).path
+            body = self._body()
+            if body is None:
+                self._send(413, {"requestId": self.headers.get("X-Amz-Firehose-Request-Id", ""),
+                                 "timestamp": now_ms(), "errorMessage": "request body too large"}, close=True)
+                return
+            if path == FIREHOSE_PATH:
+                answer = firehose.handle(self._headers(), body, app.firehose_token, app.store)
+                self._send(answer.status, answer.body)
+            elif path.startswith(XQL_PREFIX):
+                self._xql(path.removeprefix(XQL_PREFIX), body)
+            elif path == "/standin/reload" and app.collector:
+                app.collector.reload()
+                self._send(200, {"key_id": app.collector.key_id})
+            else:
+                self._send(404, {"error": f"no route {path}"})
+
+        def _xql(self, call: str, body: bytes) -> None:
+            if not app.xql.authorized(self._headers()):
+                self._send(401, {"reply": {"err_code": 401, "err_msg": "Public API request unauthorized"}})
+                return
+            try:
+                document = json.loads(body or b"{}")
+            except ValueError:
+                self._send(400, {"reply": {"err_code": 400, "err_msg": "body is not JSON"}})
+                return
+            handlers = {"start_xql_query": app.xql.start, "get_query_results": app.xql.results}
+            if call not in handlers:
+                self._send(404, {"reply": {"err_code": 404, "err_msg": f"unknown XQL call {call}"}})
+                return
+            self._send(*handlers[call](document))
+
+        def do_GET(self) -> None:
+            url = urlparse(self.path)
+            if url.path == "/health":
+                self._send(200, {"status": "ok"})
+            elif url.path == "/standin/events":
+                dataset = parse_qs(url.query).get("dataset", [None])[0]
+                self._send(200, app.store.events(dataset))
+            elif url.path == "/standin/failures":
+                self._send(200, app.store.failures())
+            else:
+                self._send(404, {"error": f"no route {url.path}"})
+
+    return Handler
+
+
+def load_collector(config_path: Path | None, store: Store) -> Collector | None:
+    if config_path is None:
+        return None
+    config = json.loads(config_path.read_text())
+    reader = config.get("reader", {})
+    identity = ReaderIdentity(
+        access_key_id=os.environ.get("XSIAM_READER_ACCESS_KEY_ID", ""),
+        secret_access_key=os.environ.get("XSIAM_READER_SECRET_ACCESS_KEY", ""),
+        secret_id=reader.get("secret_id"), role_arn=reader.get("role_arn"),
+        external_id=os.environ.get("XSIAM_READER_EXTERNAL_ID") or None,
+    )
+    feeds = [FeedSource(f["name"], f["queue_url"], f["log_type"]) for f in config["feeds"]]
+    return Collector(store, feeds, identity, config["region"], config.get("endpoint_url"),
+                     reload_seconds=config.get("reload_seconds"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--config", type=Path, help="collector config (feeds, region, endpoint, reader)")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    store = Store(args.state_dir)
+    xql = XqlApi(store, os.environ["XSIAM_API_KEY"], os.environ["XSIAM_API_KEY_ID"])
+    collector = load_collector(args.config, store)
+    app = StandIn(store, os.environ["XSIAM_FIREHOSE_TOKEN"], xql, collector)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(app))
+    server.daemon_threads = True
+    if collector:
+        collector.start()
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=collector.reload, daemon=True).start())
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    print(json.dumps({"port": server.server_address[1]}), flush=True)
+    server.serve_forever()
+    if collector:
+        collector.stop()
+    store.close()
+
+
+if __name__ == "__main__":
+    main()
