@@ -23,7 +23,7 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy socfeeds tasks flows deployments tests benchmarks
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_verify.py
+	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf .state $(VENV)

@@ -111,6 +111,8 @@ class ReaderSettings(_Strict):
     user_name: str = Field("cortex_xsiam_user", pattern=_IAM_NAME_RE.pattern)
     path: str = Field("/cloud-platform/soc/", pattern=_IAM_PATH_RE.pattern, max_length=512)
     policy_name: str = Field("socfeeds-xsiam-reader", pattern=r"^[\w+=,.@-]{1,128}$")
+    secret_name: str = Field("socfeeds/xsiam-reader-access-key", pattern=r"^[A-Za-z0-9/_+=.@-]{1,512}$",
+                             description="Secrets Manager secret holding the reader's current access key.")
 
 
 class BacklogThresholds(_Strict):

@@ -37,6 +37,8 @@ def main() -> int:
         from socfeeds.report import render_table, table_rows
 
         provision_feeds()
+        xsiam = stack.start_xsiam()
+        print(f"XSIAM stand-in at {xsiam.url}, collecting every S3 feed with the reader's key", flush=True)
         state = verify_feeds(return_state=True)
         outcome = state.result(raise_on_failure=False)
         if isinstance(outcome, Exception) and not isinstance(outcome, ChecksFailed):

@@ -185,6 +185,7 @@ class LocalStack:
         self.with_prefect = with_prefect
         self.aws = LocalAws(self.state_dir)
         self.prefect: LocalPrefect | None = None
+        self.xsiam: LocalXsiam | None = None
         self.settings_file = self.state_dir / "socfeeds.json"
         self._stack = ExitStack()
 
@@ -204,6 +205,15 @@ class LocalStack:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
         self._stack.close()
+
+    def start_xsiam(self) -> LocalXsiam:
+        """Start the XSIAM stand-in collecting every S3 feed (after provisioning: queues must exist)."""
+        values = json.loads(self.settings_file.read_text())
+        secret_id = bootstrap_reader_key(self.aws, values["reader"])
+        self.xsiam = LocalXsiam(self.state_dir, self.aws, feeds=collector_feeds(self.aws, values),
+                                reader_secret_id=secret_id).start()
+        self._stack.callback(self.xsiam.stop)
+        return self.xsiam
 
     def env(self) -> dict[str, str]:
         """The environment a flow process needs to run against this stack."""
@@ -280,6 +290,21 @@ class LocalXsiam:
     def reload(self) -> str:
         """What an operator does after pasting a new key: the collector takes the secret's current key."""
         return str(self._call("POST", "/standin/reload")["key_id"])
+
+
+def bootstrap_reader_key(aws: LocalAws, reader: dict[str, str]) -> str:
+    """Production's starting point: a reader key made by hand, kept where the rotation flow keeps it."""
+    from socfeeds.settings import ReaderSettings
+
+    settings = ReaderSettings(**reader)
+    secrets_manager = aws.client("secretsmanager")
+    try:
+        secrets_manager.describe_secret(SecretId=settings.secret_name)
+    except secrets_manager.exceptions.ResourceNotFoundException:
+        key = aws.client("iam").create_access_key(UserName=settings.user_name)["AccessKey"]
+        secrets_manager.create_secret(Name=settings.secret_name, SecretString=json.dumps(
+            {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}))
+    return settings.secret_name
 
 
 def collector_feeds(aws: LocalAws, settings_values: dict[str, Any]) -> list[dict[str, str]]:
