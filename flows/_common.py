@@ -13,7 +13,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from socfeeds.aws import AwsClients
 from socfeeds.report import render_table, table_rows
-from socfeeds.settings import S3Feed, Settings
+from socfeeds.settings import Settings
 
 T = TypeVar("T")
 
@@ -28,8 +28,16 @@ class Run:
     """The resolved inputs of one flow run."""
 
     settings: Settings
-    feeds: dict[str, S3Feed]
+    feeds: list[str]
     aws: AwsClients
+
+    @property
+    def s3_feeds(self) -> list[str]:
+        return [name for name in self.feeds if name in self.settings.s3_feeds]
+
+    @property
+    def firehose_feeds(self) -> list[str]:
+        return [name for name in self.feeds if name in self.settings.firehose_feeds]
 
 
 def start_run(feed_names: list[str] | None) -> Run:

@@ -8,6 +8,7 @@ from prefect.futures import PrefectFuture
 from flows._common import StepsFailed, concurrent_tasks, gather, publish, start_run
 from socfeeds.report import Change
 from tasks.buckets import ensure_bucket
+from tasks.firehose import ensure_cluster_logging, ensure_delivery_stream, ensure_subscription
 from tasks.notifications import ensure_notification
 from tasks.queues import ensure_queues
 from tasks.reader import ensure_reader
@@ -18,7 +19,8 @@ CHANGE_COLUMNS = ["feed", "resource", "action", "detail", "applied"]
 
 @flow(name="provision-feeds", task_runner=concurrent_tasks())
 def provision_feeds(feeds: list[str] | None = None, dry_run: bool = False) -> list[Change]:
-    """Create or adopt each feed's bucket, queues, notification, source and the XSIAM reader.
+    """Create or adopt every feed's resources: for S3 feeds the bucket, queues, notification and source;
+    for the EKS feed the cluster's logging, the delivery stream and the subscription; and the reader.
 
     Idempotent: a rerun after any failure converges, and a run with nothing to do reports no
     changes. Nothing is ever deleted.
@@ -30,7 +32,7 @@ def provision_feeds(feeds: list[str] | None = None, dry_run: bool = False) -> li
     run = start_run(feeds)
     steps: list[tuple[str, PrefectFuture[list[Change]]]] = [
         ("ensure-reader", ensure_reader.submit(run.aws, run.settings, dry_run))]
-    for name in run.feeds:
+    for name in run.s3_feeds:
         bucket = ensure_bucket.submit(run.aws, run.settings, name, dry_run)
         queues = ensure_queues.submit(run.aws, run.settings, name, dry_run)
         steps += [
@@ -41,6 +43,15 @@ def provision_feeds(feeds: list[str] | None = None, dry_run: bool = False) -> li
                                        wait_for=[bucket, queues])),
             (f"ensure-source[{name}]", ensure_source.submit(run.aws, run.settings, name, dry_run, return_state=False,
                                                              wait_for=[bucket])),
+        ]
+    for name in run.firehose_feeds:
+        logging = ensure_cluster_logging.submit(run.aws, run.settings, name, dry_run)
+        stream = ensure_delivery_stream.submit(run.aws, run.settings, name, dry_run)
+        steps += [
+            (f"ensure-cluster-logging[{name}]", logging),
+            (f"ensure-delivery-stream[{name}]", stream),
+            (f"ensure-subscription[{name}]", ensure_subscription.submit(
+                run.aws, run.settings, name, dry_run, return_state=False, wait_for=[logging, stream])),
         ]
     changes, errors = gather(steps)
     verb = "would make" if dry_run else "made"

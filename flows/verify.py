@@ -8,6 +8,7 @@ from prefect.futures import PrefectFuture
 from flows._common import concurrent_tasks, gather, publish, start_run
 from socfeeds.report import Finding, Status
 from tasks.buckets import check_bucket
+from tasks.firehose import check_cluster_logging, check_delivery_stream, check_subscription
 from tasks.notifications import check_notification
 from tasks.queues import check_queue
 from tasks.reader import check_reader
@@ -15,6 +16,7 @@ from tasks.sources import check_source
 
 FINDING_COLUMNS = ["feed", "resource", "check", "status", "detail", "fix"]
 FEED_CHECKS = (check_bucket, check_queue, check_notification, check_source)
+FIREHOSE_FEED_CHECKS = (check_cluster_logging, check_delivery_stream, check_subscription)
 
 
 class ChecksFailed(RuntimeError):
@@ -27,7 +29,8 @@ class ChecksFailed(RuntimeError):
 
 @flow(name="verify-feeds", task_runner=concurrent_tasks())
 def verify_feeds(feeds: list[str] | None = None) -> list[Finding]:
-    """Check each feed's bucket, queue, notification and source, and the XSIAM reader's grants.
+    """Check each S3 feed's bucket, queue, notification and source, the EKS feed's logging, stream and
+    subscription, and the XSIAM reader's grants.
 
     Changes nothing. Publishes a table artifact and ends Failed when any check fails, so
     automations can alert on it.
@@ -38,9 +41,12 @@ def verify_feeds(feeds: list[str] | None = None) -> list[Finding]:
     run = start_run(feeds)
     checks: list[tuple[str, PrefectFuture[list[Finding]]]] = [
         ("check-reader", check_reader.submit(run.aws, run.settings))]
-    for name in run.feeds:
+    for name in run.s3_feeds:
         checks += [(f"{check.name}[{name}]", check.submit(run.aws, run.settings, name))
                    for check in FEED_CHECKS]
+    for name in run.firehose_feeds:
+        checks += [(f"{check.name}[{name}]", check.submit(run.aws, run.settings, name))
+                   for check in FIREHOSE_FEED_CHECKS]
     findings, errors = gather(checks)
     findings += [Finding(feed=feed, resource=label, check="check ran", status=Status.FAIL, detail=error,
                          fix="see the task run's log; the check itself could not finish")

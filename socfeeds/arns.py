@@ -36,3 +36,15 @@ class Arns:
 
     def iam_policy(self, path: str, name: str) -> str:
         return f"arn:{self._p}:iam::{self.account_id}:policy{path}{name}"
+
+    def role(self, name: str) -> str:
+        return f"arn:{self._p}:iam::{self.account_id}:role/{name}"
+
+    def delivery_stream(self, name: str) -> str:
+        return f"arn:{self._p}:firehose:{self.region}:{self.account_id}:deliverystream/{name}"
+
+    def log_stream(self, group: str, stream: str) -> str:
+        return f"arn:{self._p}:logs:{self.region}:{self.account_id}:log-group:{group}:log-stream:{stream}"
+
+    def log_group(self, group: str) -> str:
+        return f"arn:{self._p}:logs:{self.region}:{self.account_id}:log-group:{group}"

@@ -19,10 +19,15 @@ from socfeeds.settings import Settings
 if TYPE_CHECKING:
     from mypy_boto3_cloudtrail import CloudTrailClient
     from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_eks import EKSClient
+    from mypy_boto3_firehose import FirehoseClient
     from mypy_boto3_iam import IAMClient
+    from mypy_boto3_logs import CloudWatchLogsClient
     from mypy_boto3_route53resolver import Route53ResolverClient
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_secretsmanager import SecretsManagerClient
     from mypy_boto3_sqs import SQSClient
+    from mypy_boto3_ssm import SSMClient
     from mypy_boto3_sts import STSClient
 
 T = TypeVar("T")
@@ -95,6 +100,26 @@ class AwsClients:
     def resolver(self) -> Route53ResolverClient:
         return cast("Route53ResolverClient", self.client("route53resolver"))
 
+    @property
+    def eks(self) -> EKSClient:
+        return cast("EKSClient", self.client("eks"))
+
+    @property
+    def logs(self) -> CloudWatchLogsClient:
+        return cast("CloudWatchLogsClient", self.client("logs"))
+
+    @property
+    def firehose(self) -> FirehoseClient:
+        return cast("FirehoseClient", self.client("firehose"))
+
+    @property
+    def secrets(self) -> SecretsManagerClient:
+        return cast("SecretsManagerClient", self.client("secretsmanager"))
+
+    @property
+    def ssm(self) -> SSMClient:
+        return cast("SSMClient", self.client("ssm"))
+
 
 def error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
@@ -108,3 +133,18 @@ def absent_on(codes: set[str], call: Any, *args: Any, **kwargs: Any) -> Any:
         if error_code(error) in codes:
             return None
         raise
+
+
+def until_accepted(call: Any, arguments: dict[str, Any], codes: set[str], deadline_s: float = 90) -> Any:
+    """Retry a call AWS refuses only until a new IAM role propagates (seconds, in real AWS)."""
+    import time
+
+    deadline, pause = time.monotonic() + deadline_s, 1.0
+    while True:
+        try:
+            return call(**arguments)
+        except ClientError as error:
+            if error_code(error) not in codes or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 15.0)

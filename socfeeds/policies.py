@@ -107,13 +107,6 @@ def source_write_statements(feed: S3Feed, settings: Settings) -> list[Statement]
     return []
 
 
-def bucket_statements(feed: S3Feed, settings: Settings) -> list[Statement]:
-    """All statements socfeeds owns in the feed's bucket policy."""
-    bucket_arn = Arns(settings.region, settings.account_id).bucket(feed.bucket)
-    tls = [] if settings.omit_conditional_denies else [tls_only_statement(bucket_arn)]
-    return [*tls, *source_write_statements(feed, settings)]
-
-
 def merge_owned(existing: Document, owned: list[Statement]) -> Document:
     """Replace the statements socfeeds owns and keep everybody else's."""
     others = [s for s in as_list(existing.get("Statement", [])) if not is_owned(s)]
@@ -260,3 +253,43 @@ def _grants(statements: Iterable[Statement]) -> set[tuple[str, str]]:
         for action in as_list(s.get("Action", []))
         for resource in as_list(s.get("Resource", []))
     }
+
+
+# --- the EKS -> Firehose feed ----------------------------------------------------------------
+
+
+def trust(service: str, conditions: dict[str, Any]) -> Document:
+    return document([{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole",
+                      "Condition": conditions}])
+
+
+def logs_role_trust(region: str, account_id: str) -> Document:
+    """CloudWatch Logs in this region, acting for this account's log groups only."""
+    return trust(f"logs.{region}.amazonaws.com",
+                 {"StringLike": {"aws:SourceArn": Arns(region, account_id).log_delivery_sources()}})
+
+
+def logs_role_policy(stream_arn: str) -> Document:
+    return document([{"Sid": "SocfeedsPutToStream", "Effect": "Allow",
+                      "Action": ["firehose:PutRecord", "firehose:PutRecordBatch"], "Resource": stream_arn}])
+
+
+def firehose_role_trust(account_id: str) -> Document:
+    return trust("firehose.amazonaws.com", {"StringEquals": {"sts:ExternalId": account_id}})
+
+
+def firehose_role_policy(bucket_arn: str, log_stream_arn: str, secret_arn: str, kms_key_arn: str | None) -> Document:
+    """Only the error bucket, the stream's error log stream, the token secret and the KMS key."""
+    statements: list[Statement] = [
+        {"Sid": "SocfeedsErrorBucket", "Effect": "Allow",
+         "Action": ["s3:AbortMultipartUpload", "s3:GetBucketLocation", "s3:GetObject", "s3:ListBucket",
+                    "s3:ListBucketMultipartUploads", "s3:PutObject"],
+         "Resource": [bucket_arn, f"{bucket_arn}/*"]},
+        {"Sid": "SocfeedsErrorLogging", "Effect": "Allow", "Action": "logs:PutLogEvents", "Resource": log_stream_arn},
+        {"Sid": "SocfeedsEndpointToken", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
+         "Resource": secret_arn},
+    ]
+    if kms_key_arn:
+        statements.append({"Sid": "SocfeedsStreamKey", "Effect": "Allow",
+                           "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": kms_key_arn})
+    return document(statements)

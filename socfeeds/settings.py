@@ -13,6 +13,7 @@ import re
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlparse
 
 import boto3
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -104,6 +105,69 @@ class S3Feed(_Strict):
         return self.dlq or f"{self.queue}-dlq"
 
 
+EksLogType = Literal["api", "audit", "authenticator", "controllerManager", "scheduler"]
+EKS_LOG_TYPES: tuple[EksLogType, ...] = ("api", "audit", "authenticator", "controllerManager", "scheduler")
+CLOUDWATCH_RETENTION_DAYS = frozenset(
+    {1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653})
+
+
+class FirehoseFeed(_Strict):
+    """EKS control-plane logs -> CloudWatch Logs -> subscription filter -> Firehose -> XSIAM HTTP endpoint.
+
+    Names may use {account_id}, {region} and {cluster}. The endpoint URL defaults to the tenant's
+    (`xsiam.firehose_url` or the SSM parameter `xsiam.firehose_url_parameter`); the access token is
+    never in settings: it lives in the Secrets Manager secret `token_secret_name` as {"api_key": ...}.
+    """
+
+    cluster_name: str | None = Field(None, description="Defaults to the top-level eks_cluster_name.")
+    log_types: tuple[EksLogType, ...] = EKS_LOG_TYPES
+    log_retention_days: int = 400
+    delivery_stream: str = "cloudwatch-export-{cluster}"
+    endpoint_url: str | None = Field(None, description="Overrides the tenant's Firehose URL for this feed.")
+    token_secret_name: str = Field("socfeeds/xsiam-firehose-token", pattern=r"^[A-Za-z0-9/_+=.@-]{1,512}$")
+    error_bucket: str = "cp-firehose-errors-{account_id}-{cluster}"
+    error_retention_days: int = Field(14, ge=1)
+    buffering_mib: int = Field(1, ge=1, le=64, description="XSIAM advises 1 MiB; production runs 5.")
+    buffering_seconds: int = Field(60, ge=0, le=900)
+    retry_seconds: int = Field(300, ge=0, le=7200)
+    kms_key_arn: str | None = None
+    subscription_filter: str = "firehose-delivery-{cluster}"
+    logs_role: str = "socfeeds-logs-to-firehose-{cluster}"
+    firehose_role: str = "socfeeds-firehose-{cluster}"
+    backup_window_hours: int = Field(24, ge=1, description="How far back verify looks for failed deliveries.")
+    backup_objects_warn_at: int = Field(1, ge=1)
+    backup_objects_fail_at: int = Field(1, ge=1)
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, value: int) -> int:
+        if value not in CLOUDWATCH_RETENTION_DAYS:
+            raise ValueError(f"{value} is not a CloudWatch Logs retention ({sorted(CLOUDWATCH_RETENTION_DAYS)})")
+        return value
+
+    @field_validator("kms_key_arn")
+    @classmethod
+    def _kms_arn(cls, value: str | None) -> str | None:
+        return S3Feed._kms_arn(value)
+
+    @property
+    def log_group(self) -> str:
+        return f"/aws/eks/{self.cluster_name}/cluster"
+
+    @property
+    def error_log_group(self) -> str:
+        return f"/aws/kinesisfirehose/{self.delivery_stream}"
+
+
+class XsiamTenant(_Strict):
+    """Where the SOC's XSIAM tenant listens. Secrets are not here: see Settings.xsiam_api_key."""
+
+    firehose_url: str | None = Field(None, description="https://api-<tenant>/logs/v1/aws")
+    firehose_url_parameter: str | None = Field(None, description="SSM parameter holding the Firehose URL.")
+    api_url: str | None = Field(None, description="https://api-<tenant>/public_api/v1")
+    api_key_id: str | None = None
+
+
 class ReaderSettings(_Strict):
     """The identity XSIAM reads the feeds with."""
 
@@ -191,7 +255,11 @@ class Settings(BaseSettings):
         "policies, because moto enforces them with their conditions ignored.",
     )
     vpc_id: str | None = Field(None, description="The platform VPC, for flow logs and resolver logging.")
+    eks_cluster_name: str | None = Field(None, description="The platform's EKS cluster (never created here).")
     s3_feeds: dict[str, S3Feed] = Field(default_factory=default_s3_feeds)
+    firehose_feeds: dict[str, FirehoseFeed] = Field(
+        default_factory=lambda: {"eks-control-plane": FirehoseFeed()})
+    xsiam: XsiamTenant = XsiamTenant()
     reader: ReaderSettings = ReaderSettings()
     backlog: BacklogThresholds = BacklogThresholds()
     max_concurrency: int = Field(16, ge=1, le=64, description="AWS calls in flight per flow run.")
@@ -236,8 +304,38 @@ class Settings(BaseSettings):
     def _render_and_check_feeds(self) -> Settings:
         rendered = {name: self._render(name, feed) for name, feed in self.s3_feeds.items()}
         object.__setattr__(self, "s3_feeds", rendered)
+        firehose = {name: self._render_firehose(name, feed) for name, feed in self.firehose_feeds.items()}
+        object.__setattr__(self, "firehose_feeds", firehose)
+        clash = sorted(set(rendered) & set(firehose))
+        if clash:
+            raise ValueError(f"feed names must be unique across s3_feeds and firehose_feeds: {clash}")
         return self
 
+    def _render_firehose(self, name: str, feed: FirehoseFeed) -> FirehoseFeed:
+        where = f"firehose_feeds.{name}"
+        if not _FEED_NAME_RE.match(name):
+            raise ValueError(f"{where}: feed name {name!r} must be lowercase letters, digits and '-'")
+        cluster = feed.cluster_name or self.eks_cluster_name
+        if not cluster or not re.match(r"^[0-9A-Za-z][A-Za-z0-9_-]{0,99}$", cluster):
+            raise ValueError(f"{where}.cluster_name: {cluster!r} is not an EKS cluster name "
+                             "(set it, or the top-level eks_cluster_name)")
+        values = {"account_id": self.account_id, "region": self.region, "cluster": cluster}
+        rendered = {field: str(getattr(feed, field)).format(**values) for field in (
+            "delivery_stream", "error_bucket", "subscription_filter", "logs_role", "firehose_role")}
+        if not is_valid_bucket_name(rendered["error_bucket"]):
+            raise ValueError(f"{where}.error_bucket: {rendered['error_bucket']!r} is not a valid S3 bucket name")
+        if not re.match(r"^[A-Za-z0-9_.-]{1,64}$", rendered["delivery_stream"]):
+            raise ValueError(f"{where}.delivery_stream: {rendered['delivery_stream']!r} is not a stream name")
+        for role in ("logs_role", "firehose_role"):
+            if not _IAM_NAME_RE.match(rendered[role]):
+                raise ValueError(f"{where}.{role}: {rendered[role]!r} is not an IAM role name")
+        url = feed.endpoint_url or self.xsiam.firehose_url
+        if url is None and self.xsiam.firehose_url_parameter is None:
+            raise ValueError(f"{where}.endpoint_url: no Firehose URL (set xsiam.firehose_url, "
+                             "xsiam.firehose_url_parameter or this field)")
+        if url is not None:
+            check_endpoint_url(f"{where}.endpoint_url", url)
+        return feed.model_copy(update={"cluster_name": cluster, "endpoint_url": url, **rendered})
     def _render(self, name: str, feed: S3Feed) -> S3Feed:
         where = f"s3_feeds.{name}"
         if not _FEED_NAME_RE.match(name):
@@ -264,14 +362,24 @@ class Settings(BaseSettings):
             source = source.model_copy(update={"vpc_id": vpc_id})
         return feed.model_copy(update={"bucket": bucket, "queue": queue, "dlq": dlq, "source": source})
 
-    def select_feeds(self, names: list[str] | None) -> dict[str, S3Feed]:
-        """The feeds a run covers; unknown names are refused with the list of known ones."""
+    def select_feeds(self, names: list[str] | None) -> list[str]:
+        """The feed names a run covers; unknown names are refused with the list of known ones."""
+        known = [*self.s3_feeds, *self.firehose_feeds]
         if names is None:
-            return dict(self.s3_feeds)
-        unknown = sorted(set(names) - set(self.s3_feeds))
+            return known
+        unknown = sorted(set(names) - set(known))
         if unknown:
-            raise ValueError(f"feeds: unknown feed(s) {unknown}; known: {sorted(self.s3_feeds)}")
-        return {name: self.s3_feeds[name] for name in names}
+            raise ValueError(f"feeds: unknown feed(s) {unknown}; known: {sorted(known)}")
+        return [name for name in known if name in names]
+
+
+def check_endpoint_url(field: str, url: str) -> str:
+    """Firehose delivers only over HTTPS; plain HTTP is accepted for a loopback emulator alone."""
+    parsed = urlparse(url)
+    loopback = parsed.hostname in {"127.0.0.1", "localhost", "::1"}
+    if (parsed.scheme != "https" and not (parsed.scheme == "http" and loopback)) or not parsed.hostname:
+        raise ValueError(f"{field}: {url!r} must be an https:// URL (http only for a 127.0.0.1 stand-in)")
+    return url
 
 
 def log_key_prefix(feed: S3Feed, account_id: str) -> str:

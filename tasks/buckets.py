@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, cast
 
 from botocore.exceptions import ClientError
@@ -23,22 +24,51 @@ PUBLIC_ACCESS_BLOCKED = {
 }
 
 
-def _encryption_rule(feed: S3Feed) -> dict[str, Any]:
-    if feed.kms_key_arn:
-        default = {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": feed.kms_key_arn}
+@dataclass(frozen=True)
+class BucketSpec:
+    """One bucket's guard rails, whatever feed shape it serves (S3 feed, Firehose error bucket)."""
+
+    name: str
+    retention_days: int
+    versioning: bool
+    kms_key_arn: str | None
+    source_statements: list[policies.Statement]  # what the writing service needs
+    log_prefix: str  # the keys whose retention matters
+    omit_conditional_denies: bool
+    region: str
+    account_id: str
+
+    @property
+    def arn(self) -> str:
+        return Arns(self.region, self.account_id).bucket(self.name)
+
+    def owned_statements(self) -> list[policies.Statement]:
+        tls = [] if self.omit_conditional_denies else [policies.tls_only_statement(self.arn)]
+        return [*tls, *self.source_statements]
+
+
+def feed_bucket(feed: S3Feed, settings: Settings) -> BucketSpec:
+    return BucketSpec(feed.bucket, feed.retention_days, feed.versioning, feed.kms_key_arn,
+                      policies.source_write_statements(feed, settings), log_key_prefix(feed, settings.account_id),
+                      settings.omit_conditional_denies, settings.region, settings.account_id)
+
+
+def _encryption_rule(spec: BucketSpec) -> dict[str, Any]:
+    if spec.kms_key_arn:
+        default = {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": spec.kms_key_arn}
         return {"ApplyServerSideEncryptionByDefault": default, "BucketKeyEnabled": True}
     return {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
 
 
-def _retention_rule(feed: S3Feed) -> dict[str, Any]:
+def _retention_rule(spec: BucketSpec) -> dict[str, Any]:
     rule: dict[str, Any] = {
         "ID": RETENTION_RULE_ID,
         "Filter": {"Prefix": ""},
         "Status": "Enabled",
-        "Expiration": {"Days": feed.retention_days},
+        "Expiration": {"Days": spec.retention_days},
     }
-    if feed.versioning:
-        rule["NoncurrentVersionExpiration"] = {"NoncurrentDays": feed.retention_days}
+    if spec.versioning:
+        rule["NoncurrentVersionExpiration"] = {"NoncurrentDays": spec.retention_days}
     return rule
 
 
@@ -77,14 +107,19 @@ def _policy(aws: AwsClients, bucket: str) -> policies.Document:
 @aws_task("ensure-bucket")
 def ensure_bucket(aws: AwsClients, settings: Settings, feed_name: str, dry_run: bool) -> list[Change]:
     """Create or adopt the feed's bucket and bring its guard rails to the declared state."""
-    feed = settings.s3_feeds[feed_name]
-    bucket = feed.bucket
-    changes = ChangesFor(feed_name, f"s3://{bucket}", dry_run)
+    spec = feed_bucket(settings.s3_feeds[feed_name], settings)
+    changes = ChangesFor(feed_name, f"s3://{spec.name}", dry_run)
+    ensure_bucket_state(aws, spec, changes)
+    return changes.changes
+
+
+def ensure_bucket_state(aws: AwsClients, spec: BucketSpec, changes: ChangesFor) -> None:
+    bucket = spec.name
     exists = bucket_exists(aws, bucket)
     if not exists:
-        location = {} if settings.region == "us-east-1" else {
-            "CreateBucketConfiguration": {"LocationConstraint": settings.region}}
-        changes.make("create bucket", f"in {settings.region}",
+        location = {} if spec.region == "us-east-1" else {
+            "CreateBucketConfiguration": {"LocationConstraint": spec.region}}
+        changes.make("create bucket", f"in {spec.region}",
                      lambda: aws.s3.create_bucket(Bucket=bucket, **location))  # type: ignore[arg-type]
 
     if not exists or _public_access(aws, bucket) != PUBLIC_ACCESS_BLOCKED:
@@ -92,7 +127,7 @@ def ensure_bucket(aws: AwsClients, settings: Settings, feed_name: str, dry_run: 
                      lambda: aws.s3.put_public_access_block(
                          Bucket=bucket, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCKED))  # type: ignore[arg-type]
 
-    rule = _encryption_rule(feed)
+    rule = _encryption_rule(spec)
     defaults = [r["ApplyServerSideEncryptionByDefault"] for r in _encryption_rules(aws, bucket)] if exists else []
     if defaults != [rule["ApplyServerSideEncryptionByDefault"]]:
         algorithm = rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"]
@@ -100,28 +135,27 @@ def ensure_bucket(aws: AwsClients, settings: Settings, feed_name: str, dry_run: 
                      lambda: aws.s3.put_bucket_encryption(
                          Bucket=bucket, ServerSideEncryptionConfiguration=cast(Any, {"Rules": [rule]})))
 
-    if feed.versioning and (not exists or aws.s3.get_bucket_versioning(Bucket=bucket).get("Status") != "Enabled"):
+    if spec.versioning and (not exists or aws.s3.get_bucket_versioning(Bucket=bucket).get("Status") != "Enabled"):
         changes.make("enable versioning", "the feed asks for versioning",
                      lambda: aws.s3.put_bucket_versioning(
                          Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}))
 
     current_rules = _lifecycle_rules(aws, bucket) if exists else []
-    wanted = _retention_rule(feed)
+    wanted = _retention_rule(spec)
     if wanted not in current_rules:
         rules = [r for r in current_rules if r.get("ID") != RETENTION_RULE_ID] + [wanted]
-        note = "" if feed.retention_days >= XSIAM_MIN_RETENTION_DAYS else (
+        note = "" if spec.retention_days >= XSIAM_MIN_RETENTION_DAYS else (
             f" (below XSIAM's advised {XSIAM_MIN_RETENTION_DAYS} days, as settings ask)")
-        changes.make("set retention", f"objects expire after {feed.retention_days} days{note}",
+        changes.make("set retention", f"objects expire after {spec.retention_days} days{note}",
                      lambda: aws.s3.put_bucket_lifecycle_configuration(
                          Bucket=bucket, LifecycleConfiguration={"Rules": rules}))  # type: ignore[typeddict-item]
 
     current = _policy(aws, bucket) if exists else policies.document([])
-    merged = policies.merge_owned(current, policies.bucket_statements(feed, settings))
+    merged = policies.merge_owned(current, spec.owned_statements())
     if policies.canonical(merged) != policies.canonical(current):
-        sids = [s["Sid"] for s in policies.bucket_statements(feed, settings)]
+        sids = [s["Sid"] for s in spec.owned_statements()]
         changes.make("write bucket policy", f"statements {', '.join(sids)}; other statements kept",
                      lambda: aws.s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(merged)))
-    return changes.changes
 
 
 def effective_expiry_days(rules: list[dict[str, Any]], key_prefix: str) -> int | None:
@@ -137,21 +171,25 @@ def effective_expiry_days(rules: list[dict[str, Any]], key_prefix: str) -> int |
 
 @aws_task("check-bucket")
 def check_bucket(aws: AwsClients, settings: Settings, feed_name: str) -> list[Finding]:
-    feed = settings.s3_feeds[feed_name]
-    bucket = feed.bucket
-    bucket_arn = Arns(settings.region, settings.account_id).bucket(bucket)
+    spec = feed_bucket(settings.s3_feeds[feed_name], settings)
+    check = FindingsFor(feed_name, f"s3://{spec.name}")
+    check_bucket_state(aws, spec, check)
+    return check.findings
+
+
+def check_bucket_state(aws: AwsClients, spec: BucketSpec, check: FindingsFor) -> None:
+    bucket = spec.name
     fix = "run provision-feeds for this feed"
-    check = FindingsFor(feed_name, f"s3://{bucket}")
     if not check.expect("exists", bucket_exists(aws, bucket), "bucket exists",
-                        f"bucket {bucket} is missing: {fix}, or correct s3_feeds.{feed_name}.bucket"):
-        return check.findings
+                        f"bucket {bucket} is missing: {fix}, or correct the bucket name in settings"):
+        return
 
     encryption = [r["ApplyServerSideEncryptionByDefault"] for r in _encryption_rules(aws, bucket)]
     algorithms = [e["SSEAlgorithm"] for e in encryption]
-    if feed.kms_key_arn:
-        ok = any(e.get("KMSMasterKeyID") == feed.kms_key_arn for e in encryption)
+    if spec.kms_key_arn:
+        ok = any(e.get("KMSMasterKeyID") == spec.kms_key_arn for e in encryption)
         check.expect("encryption", ok, f"default encryption {algorithms or 'none'}; want SSE-KMS "
-                     f"with {feed.kms_key_arn}", fix)
+                     f"with {spec.kms_key_arn}", fix)
     else:
         check.expect("encryption", bool(algorithms), f"default encryption {algorithms or 'none'}", fix)
 
@@ -160,33 +198,31 @@ def check_bucket(aws: AwsClients, settings: Settings, feed_name: str) -> list[Fi
     check.expect("public access block", not off, f"off: {', '.join(off)}" if off else "all four on", fix)
 
     policy = _policy(aws, bucket)
-    if settings.omit_conditional_denies:
+    if spec.omit_conditional_denies:
         check.add("tls-only policy", Status.WARN, "omitted: omit_conditional_denies is set (emulator only)",
                   "unset omit_conditional_denies outside the local stack")
     else:
-        check.expect("tls-only policy", policies.has_tls_only_deny(policy, bucket_arn),
+        check.expect("tls-only policy", policies.has_tls_only_deny(policy, spec.arn),
                      "bucket policy denies aws:SecureTransport=false", fix)
-    missing = policies.missing_statements(policy, policies.source_write_statements(feed, settings))
+    missing = policies.missing_statements(policy, spec.source_statements)
     check.expect("source write access", not missing,
                  f"missing statements {missing}" if missing else "log source may write", fix)
 
-    if feed.versioning:
+    if spec.versioning:
         status = aws.s3.get_bucket_versioning(Bucket=bucket).get("Status", "never enabled")
         check.expect("versioning", status == "Enabled", f"versioning {status}", fix)
 
-    expiry = effective_expiry_days(_lifecycle_rules(aws, bucket), log_key_prefix(feed, settings.account_id))
-    _check_retention(check, feed, expiry)
-    return check.findings
+    expiry = effective_expiry_days(_lifecycle_rules(aws, bucket), spec.log_prefix)
+    _check_retention(check, spec.retention_days, expiry)
 
 
-def _check_retention(check: FindingsFor, feed: S3Feed, expiry: int | None) -> None:
-    wanted = feed.retention_days
+def _check_retention(check: FindingsFor, wanted: int, expiry: int | None) -> None:
     shown = "never expire" if expiry is None else f"expire after {expiry} days"
     if expiry is not None and expiry < XSIAM_MIN_RETENTION_DAYS:
         deliberate = expiry == wanted
         check.add("retention", Status.WARN if deliberate else Status.FAIL,
                   f"log objects {shown}; XSIAM needs at least {XSIAM_MIN_RETENTION_DAYS} days",
-                  f"raise s3_feeds.<feed>.retention_days to >= {XSIAM_MIN_RETENTION_DAYS}" if deliberate
+                  f"raise the feed's retention_days to >= {XSIAM_MIN_RETENTION_DAYS}" if deliberate
                   else "run provision-feeds to restore the retention rule")
     else:
         check.expect("retention", expiry == wanted, f"log objects {shown} (settings: {wanted} days)",

@@ -6,7 +6,6 @@ No access key is made here; keys belong to the rotation flow and live only in Se
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from socfeeds import policies
 from socfeeds.arns import Arns
@@ -14,6 +13,7 @@ from socfeeds.aws import AwsClients, absent_on
 from socfeeds.report import Change, ChangesFor, Finding, FindingsFor
 from socfeeds.settings import Settings
 from tasks._task import aws_task
+from tasks.iam import default_document, granted_statements
 
 IAM_MAX_POLICY_VERSIONS = 5
 READER = "reader"
@@ -22,12 +22,6 @@ READER = "reader"
 def _policy_arn(settings: Settings) -> str:
     reader = settings.reader
     return Arns(settings.region, settings.account_id).iam_policy(reader.path, reader.policy_name)
-
-
-def _default_document(aws: AwsClients, policy: dict[str, Any]) -> policies.Document:
-    version = aws.iam.get_policy_version(PolicyArn=policy["Arn"], VersionId=policy["DefaultVersionId"])
-    document = version["PolicyVersion"]["Document"]
-    return policies.parse(document if isinstance(document, str | dict) else json.dumps(document))
 
 
 def _make_room_for_a_version(aws: AwsClients, policy_arn: str) -> None:
@@ -54,7 +48,7 @@ def ensure_reader(aws: AwsClients, settings: Settings, dry_run: bool) -> list[Ch
         changes.make("create policy", f"{reader.policy_name}: read feed queues and objects only",
                      lambda: aws.iam.create_policy(PolicyName=reader.policy_name, Path=reader.path,
                                                    PolicyDocument=json.dumps(wanted)))
-    elif policies.canonical(_default_document(aws, dict(policy["Policy"]))) != policies.canonical(wanted):
+    elif policies.canonical(default_document(aws, policy_arn)) != policies.canonical(wanted):
         def new_version() -> None:
             _make_room_for_a_version(aws, policy_arn)
             aws.iam.create_policy_version(PolicyArn=policy_arn, PolicyDocument=json.dumps(wanted),
@@ -70,18 +64,6 @@ def ensure_reader(aws: AwsClients, settings: Settings, dry_run: bool) -> list[Ch
     return changes.changes
 
 
-def reader_statements(aws: AwsClients, user_name: str) -> list[policies.Statement]:
-    """Every statement the user holds: attached managed policies and inline ones."""
-    statements: list[policies.Statement] = []
-    for attached in aws.iam.list_attached_user_policies(UserName=user_name)["AttachedPolicies"]:
-        policy = aws.iam.get_policy(PolicyArn=attached["PolicyArn"])["Policy"]
-        statements += policies.as_list(_default_document(aws, dict(policy)).get("Statement", []))
-    for name in aws.iam.list_user_policies(UserName=user_name)["PolicyNames"]:
-        document = aws.iam.get_user_policy(UserName=user_name, PolicyName=name)["PolicyDocument"]
-        statements += policies.as_list(policies.parse(document).get("Statement", []))
-    return statements
-
-
 @aws_task("check-reader", per_feed=False)
 def check_reader(aws: AwsClients, settings: Settings) -> list[Finding]:
     reader = settings.reader
@@ -91,7 +73,7 @@ def check_reader(aws: AwsClients, settings: Settings) -> list[Finding]:
     if not check.expect("exists", user is not None, f"{reader.path}{reader.user_name}",
                         f"reader user missing: {fix}"):
         return check.findings
-    review = policies.review_grants(reader_statements(aws, reader.user_name), policies.reader_policy(settings))
+    review = policies.review_grants(granted_statements(aws, "user", reader.user_name), policies.reader_policy(settings))
     check.expect("grants needed", not review.missing,
                  f"missing: {'; '.join(review.missing)}" if review.missing else "XSIAM can read every feed",
                  f"{fix} (updates {reader.policy_name})")

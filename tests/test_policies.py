@@ -9,6 +9,7 @@ import pytest
 
 from socfeeds import policies
 from socfeeds.settings import Settings
+from tasks.buckets import feed_bucket
 
 ACCOUNT = "123456789012"
 BUCKET_ARN = "arn:aws:s3:::logs-bucket"
@@ -16,7 +17,7 @@ QUEUE_ARN = f"arn:aws:sqs:eu-west-2:{ACCOUNT}:logs-queue"
 
 
 def settings(**overrides: Any) -> Settings:
-    return Settings(**{"account_id": ACCOUNT, "vpc_id": "vpc-12345678", **overrides})
+    return Settings(**{"account_id": ACCOUNT, "vpc_id": "vpc-12345678", "firehose_feeds": {}, **overrides})
 
 
 def by_sid(statements: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -34,9 +35,9 @@ def test_tls_only_deny_covers_bucket_and_objects_and_is_recognised() -> None:
 
 
 def test_emulator_setting_leaves_only_the_conditional_deny_out() -> None:
-    real = by_sid(policies.bucket_statements(settings().s3_feeds["cloudtrail"], settings()))
+    real = by_sid(feed_bucket(settings().s3_feeds["cloudtrail"], settings()).owned_statements())
     emulated_settings = settings(omit_conditional_denies=True)
-    emulated = by_sid(policies.bucket_statements(emulated_settings.s3_feeds["cloudtrail"], emulated_settings))
+    emulated = by_sid(feed_bucket(emulated_settings.s3_feeds["cloudtrail"], emulated_settings).owned_statements())
     assert set(real) - set(emulated) == {policies.TLS_ONLY_SID}
     assert all(s["Effect"] == "Allow" for s in emulated.values())
 

@@ -11,7 +11,8 @@ from pydantic import ValidationError
 
 from socfeeds.settings import SETTINGS_FILE_ENV, FlowLogSource, Settings
 
-BASE: dict[str, Any] = {"account_id": "123456789012", "vpc_id": "vpc-0123456789abcdef0"}
+BASE: dict[str, Any] = {"account_id": "123456789012", "vpc_id": "vpc-0123456789abcdef0", "eks_cluster_name": "live",
+                        "xsiam": {"firehose_url": "https://api-tenant.xdr.eu.paloaltonetworks.com/logs/v1/aws"}}
 
 
 def settings(**overrides: Any) -> Settings:
@@ -55,12 +56,30 @@ def test_defaults_are_the_four_production_feeds_with_names_rendered() -> None:
         ({"vpc_id": None, "s3_feeds": {"x": feed(source={"kind": "vpc_flow_log"})}}, "s3_feeds.x.source.vpc_id"),
         ({"reader": {"path": "no-slashes"}}, "reader.path"),
         ({"s3_feeds": {"x": feed(colour="blue")}}, "colour"),
+        ({"eks_cluster_name": None}, "firehose_feeds.eks-control-plane.cluster_name: None"),
+        ({"xsiam": {}}, "firehose_feeds.eks-control-plane.endpoint_url: no Firehose URL"),
+        ({"xsiam": {"firehose_url": "http://api-tenant.example/logs/v1/aws"}}, "must be an https:// URL"),
+        ({"firehose_feeds": {"eks": {"log_retention_days": 13}}}, "13 is not a CloudWatch Logs retention"),
+        ({"firehose_feeds": {"eks": {"buffering_mib": 65}}}, "buffering_mib"),
+        ({"firehose_feeds": {"eks": {"log_types": ["api", "kubelet"]}}}, "log_types"),
+        ({"firehose_feeds": {"cloudtrail": {}}}, "unique across s3_feeds and firehose_feeds"),
     ],
 )
 def test_invalid_values_name_the_field(overrides: dict[str, Any], expected: str) -> None:
     with pytest.raises(ValidationError) as raised:
         settings(**overrides)
     assert expected in str(raised.value)
+
+
+def test_the_eks_feed_follows_production_names() -> None:
+    eks = settings().firehose_feeds["eks-control-plane"]
+    assert (eks.log_group, eks.delivery_stream, eks.error_bucket) == (
+        "/aws/eks/live/cluster", "cloudwatch-export-live", "cp-firehose-errors-123456789012-live")
+    assert eks.log_types == ("api", "audit", "authenticator", "controllerManager", "scheduler")
+    assert (eks.buffering_mib, eks.buffering_seconds, eks.retry_seconds, eks.log_retention_days) == (1, 60, 300, 400)
+    assert eks.endpoint_url == BASE["xsiam"]["firehose_url"]
+    local = settings(xsiam={"firehose_url": "http://127.0.0.1:9999/logs/v1/aws"})
+    assert local.firehose_feeds["eks-control-plane"].endpoint_url == "http://127.0.0.1:9999/logs/v1/aws"
 
 
 def test_missing_account_id_is_named() -> None:
@@ -80,7 +99,8 @@ def test_a_new_feed_is_one_entry_in_a_settings_file(tmp_path: Path, monkeypatch:
 
 def test_toml_settings_file_and_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "socfeeds.toml"
-    path.write_text('account_id = "123456789012"\nregion = "eu-west-1"\nvpc_id = "vpc-12345678"\n')
+    path.write_text('account_id = "123456789012"\nregion = "eu-west-1"\nvpc_id = "vpc-12345678"\n'
+                    'eks_cluster_name = "live"\n[xsiam]\nfirehose_url_parameter = "/xsiam/firehose-url"\n')
     monkeypatch.setenv(SETTINGS_FILE_ENV, str(path))
     monkeypatch.setenv("SOCFEEDS_REGION", "us-east-1")
     monkeypatch.setenv("SOCFEEDS_READER__USER_NAME", "xsiam-reader")
@@ -96,7 +116,7 @@ def test_missing_settings_file_is_named(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_feed_selection_refuses_unknown_names() -> None:
     s = settings()
-    assert list(s.select_feeds(["cloudtrail"])) == ["cloudtrail"]
+    assert s.select_feeds(["eks-control-plane", "cloudtrail"]) == ["cloudtrail", "eks-control-plane"]
     with pytest.raises(ValueError, match=r"unknown feed\(s\) \['cloudtrial'\]; known: \['application-logs'"):
         s.select_feeds(["cloudtrial"])
 

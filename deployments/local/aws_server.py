@@ -12,11 +12,15 @@ import threading
 
 from moto.server import ThreadedMotoServer
 
+from deployments.local import auth_fidelity, firehose_fidelity
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     args = parser.parse_args()
+    firehose_fidelity.apply()
+    auth_fidelity.apply()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()
     stop = threading.Event()

@@ -28,27 +28,34 @@ def main() -> int:
     parser.add_argument("--state-dir", type=Path, default=STATE_DIR)
     args = parser.parse_args()
     with LocalStack(args.state_dir) as stack:
-        stack.apply_env()
+        stack.apply_env()  # before Prefect is imported, so it reads the stack's API URL and home
         print(f"local stack up: AWS {stack.aws.endpoint_url}, Prefect {stack.prefect and stack.prefect.api_url}",
               flush=True)
-        # Imported only now, so Prefect reads the stack's API URL and home.
-        from flows.provision import provision_feeds
-        from flows.verify import ChecksFailed, verify_feeds
-        from socfeeds.report import render_table, table_rows
+        try:
+            return run_main_job(stack)
+        finally:
+            flush_prefect_logs()
 
-        provision_feeds()
-        xsiam = stack.start_xsiam()
-        print(f"XSIAM stand-in at {xsiam.url}, collecting every S3 feed with the reader's key", flush=True)
-        state = verify_feeds(return_state=True)
-        outcome = state.result(raise_on_failure=False)
-        if isinstance(outcome, Exception) and not isinstance(outcome, ChecksFailed):
-            raise outcome
-        findings = outcome.findings if isinstance(outcome, ChecksFailed) else outcome
-        print("\nverify-feeds:\n" + render_table(table_rows(findings), ["feed", "resource", "check", "status",
-                                                                        "detail", "fix"]))
-        print(f"\nverify-feeds finished {state.name}")
-        flush_prefect_logs()
-        return 0 if state.is_completed() else 1
+
+def run_main_job(stack: LocalStack) -> int:
+    """provision-feeds, then verify-feeds; the exit status says whether every check passed."""
+    from flows.provision import provision_feeds
+    from flows.verify import ChecksFailed, verify_feeds
+    from socfeeds.report import render_table, table_rows
+
+    provision_feeds()
+    key_id = stack.hand_reader_key_to_xsiam()
+    print(f"XSIAM stand-in at {stack.xsiam and stack.xsiam.url} collecting every S3 feed with reader key {key_id}",
+          flush=True)
+    state = verify_feeds(return_state=True)
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, Exception) and not isinstance(outcome, ChecksFailed):
+        raise outcome
+    findings = outcome.findings if isinstance(outcome, ChecksFailed) else outcome
+    print("\nverify-feeds:\n" + render_table(table_rows(findings), ["feed", "resource", "check", "status",
+                                                                    "detail", "fix"]))
+    print(f"\nverify-feeds finished {state.name}")
+    return 0 if state.is_completed() else 1
 
 
 if __name__ == "__main__":

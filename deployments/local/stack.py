@@ -33,6 +33,7 @@ ACCOUNT_ID = "123456789012"  # moto's default account
 REGION = "eu-west-2"
 ADMIN_USER = "socfeeds-admin"
 PLATFORM_VPC_CIDR = "172.20.0.0/16"
+PLATFORM_CLUSTER = "live"
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,16 @@ def loopback_guard_env(endpoint_url: str) -> dict[str, str]:
 class LocalAws:
     """moto server in its own process, with IAM authentication enforced and an admin identity."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, time_scale: float = 1.0) -> None:
+        """time_scale < 1 shortens the emulated Firehose retry window (tests), see firehose_fidelity."""
         self.state_dir = state_dir
         self.process = ManagedProcess("moto server", python_module("deployments.local.aws_server"),
-                                      state_dir / "logs" / "aws.log")
+                                      state_dir / "logs" / "aws.log",
+                                      env={"SOCFEEDS_EMULATOR_TIME_SCALE": str(time_scale)})
         self.endpoint_url = ""
         self.admin: Credentials | None = None
         self.vpc_id = ""
+        self.subnet_ids: list[str] = []
 
     def start(self) -> LocalAws:
         import subprocess
@@ -100,11 +104,29 @@ class LocalAws:
         return Credentials(key["AccessKeyId"], key["SecretAccessKey"])
 
     def _seed_platform(self) -> str:
-        """What production already has before socfeeds runs: the platform VPC."""
+        """What production already has before socfeeds runs: the platform VPC and EKS cluster."""
         ec2 = self.client("ec2")
         vpc = ec2.create_vpc(CidrBlock=PLATFORM_VPC_CIDR, TagSpecifications=[{
             "ResourceType": "vpc", "Tags": [{"Key": "Name", "Value": "cloud-platform-live"}]}])
-        return str(vpc["Vpc"]["VpcId"])
+        vpc_id = str(vpc["Vpc"]["VpcId"])
+        self.subnet_ids = [ec2.create_subnet(VpcId=vpc_id, CidrBlock=f"172.20.{n}.0/24")["Subnet"]["SubnetId"]
+                           for n in (1, 2)]
+        self.create_cluster(PLATFORM_CLUSTER)
+        return vpc_id
+
+    def create_cluster(self, name: str) -> None:
+        """An EKS cluster as the platform has it: control-plane logging still off."""
+        self.client("eks").create_cluster(
+            name=name, roleArn=f"arn:aws:iam::{ACCOUNT_ID}:role/{name}-eks-cluster",
+            resourcesVpcConfig={"subnetIds": self.subnet_ids})
+
+    def queue_url(self, name: str) -> str:
+        """moto's queue URL for a name, known before the queue exists (as an AWS queue URL is)."""
+        return f"{self.endpoint_url}/{ACCOUNT_ID}/{name}"
+
+    def put_token_secret(self, name: str, token: str) -> None:
+        """What an operator does with the token XSIAM issues for the HTTP collector."""
+        self.client("secretsmanager").create_secret(Name=name, SecretString=json.dumps({"api_key": token}))
 
 
 class LocalPrefect:
@@ -145,7 +167,8 @@ def prefect_env(state_dir: Path, api_url: str) -> dict[str, str]:
     }
 
 
-def local_settings(aws: LocalAws, state_dir: Path, prefix: str = "") -> dict[str, Any]:
+def local_settings(aws: LocalAws, state_dir: Path, xsiam: LocalXsiam, prefix: str = "",
+                   cluster: str = PLATFORM_CLUSTER) -> dict[str, Any]:
     """Settings for the local stack: the production catalog, names optionally prefixed for isolation."""
     feeds: dict[str, Any] = {}
     for name, feed in default_s3_feeds().items():
@@ -167,7 +190,11 @@ def local_settings(aws: LocalAws, state_dir: Path, prefix: str = "") -> dict[str
         "omit_conditional_denies": True,
         "vpc_id": aws.vpc_id,
         "s3_feeds": feeds,
-        "reader": {"user_name": prefix + "cortex_xsiam_user", "policy_name": prefix + "socfeeds-xsiam-reader"},
+        "eks_cluster_name": cluster,
+        "firehose_feeds": {"eks-control-plane": {"token_secret_name": prefix + "socfeeds/xsiam-firehose-token"}},
+        "xsiam": {"firehose_url": xsiam.firehose_url, "api_url": xsiam.api_url, "api_key_id": xsiam.api_key_id},
+        "reader": {"user_name": prefix + "cortex_xsiam_user", "policy_name": prefix + "socfeeds-xsiam-reader",
+                   "secret_name": prefix + "socfeeds/xsiam-reader-access-key"},
     }
 
 
@@ -193,10 +220,17 @@ class LocalStack:
         try:
             self.aws.start()
             self._stack.callback(self.aws.stop)
+            self.xsiam = LocalXsiam(self.state_dir, self.aws)  # its URL goes into the settings
+            values = local_settings(self.aws, self.state_dir, self.xsiam)
+            self.xsiam.collect(collector_feeds(self.aws, values), reader_secret_id=values["reader"]["secret_name"])
+            self.xsiam.start()
+            self._stack.callback(self.xsiam.stop)
+            self.aws.put_token_secret(values["firehose_feeds"]["eks-control-plane"]["token_secret_name"],
+                                      self.xsiam.firehose_token)
             if self.with_prefect:
                 self.prefect = LocalPrefect(self.state_dir).start()
                 self._stack.callback(self.prefect.stop)
-            write_settings(local_settings(self.aws, self.state_dir), self.settings_file)
+            write_settings(values, self.settings_file)
         except BaseException:
             self._stack.close()
             raise
@@ -206,20 +240,19 @@ class LocalStack:
                  trace: TracebackType | None) -> None:
         self._stack.close()
 
-    def start_xsiam(self) -> LocalXsiam:
-        """Start the XSIAM stand-in collecting every S3 feed (after provisioning: queues must exist)."""
-        values = json.loads(self.settings_file.read_text())
-        secret_id = bootstrap_reader_key(self.aws, values["reader"])
-        self.xsiam = LocalXsiam(self.state_dir, self.aws, feeds=collector_feeds(self.aws, values),
-                                reader_secret_id=secret_id).start()
-        self._stack.callback(self.xsiam.stop)
-        return self.xsiam
+    def hand_reader_key_to_xsiam(self) -> str:
+        """After provisioning: a reader key made as production's was, pasted into the stand-in."""
+        assert self.xsiam is not None
+        bootstrap_reader_key(self.aws, json.loads(self.settings_file.read_text())["reader"])
+        return self.xsiam.reload()
 
     def env(self) -> dict[str, str]:
         """The environment a flow process needs to run against this stack."""
         assert self.aws.admin is not None
         env = {SETTINGS_FILE_ENV: str(self.settings_file), **self.aws.admin.env(),
                **loopback_guard_env(self.aws.endpoint_url)}
+        if self.xsiam:
+            env["SOCFEEDS_XSIAM_API_KEY"] = self.xsiam.api_key
         if self.prefect:
             env.update(self.prefect.env)
         return env
@@ -231,41 +264,49 @@ class LocalStack:
 class LocalXsiam:
     """The XSIAM stand-in process, given a tenant's secrets through its environment as a tenant would be."""
 
-    def __init__(self, state_dir: Path, aws: LocalAws, feeds: list[dict[str, str]] | None = None,
-                 reader_secret_id: str | None = None, reader_key: Credentials | None = None,
-                 reload_seconds: float | None = None) -> None:
+    def __init__(self, state_dir: Path, aws: LocalAws) -> None:
+        self.state_dir, self.aws = state_dir, aws
         self.folder = state_dir / "xsiam"
         self.firehose_token = secrets.token_urlsafe(32)
         self.api_key = secrets.token_urlsafe(48)
         self.api_key_id = "1"
-        env = {"XSIAM_FIREHOSE_TOKEN": self.firehose_token, "XSIAM_API_KEY": self.api_key,
-               "XSIAM_API_KEY_ID": self.api_key_id}
-        argv = python_module("deployments.xsiam.server", "--state-dir", str(self.folder))
-        if feeds is not None:
-            assert aws.admin is not None
-            config = {"region": REGION, "endpoint_url": aws.endpoint_url, "feeds": feeds,
-                      "reader": {"secret_id": reader_secret_id} if reader_secret_id else {},
-                      "reload_seconds": reload_seconds}
-            config_path = self.folder / "collector.json"
-            write_settings(config, config_path)
-            argv += ["--config", str(config_path)]
-            env.update(aws.admin.env())  # the operator's identity, only to read the reader's secret
-            env.update(loopback_guard_env(aws.endpoint_url))
-            if reader_key:
-                env.update({"XSIAM_READER_ACCESS_KEY_ID": reader_key.access_key_id,
-                            "XSIAM_READER_SECRET_ACCESS_KEY": reader_key.secret_access_key})
-        self.process = ManagedProcess("xsiam stand-in", argv, state_dir / "logs" / "xsiam.log", env=env)
-        self.url = ""
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {"XSIAM_FIREHOSE_TOKEN": self.firehose_token, "XSIAM_API_KEY": self.api_key,
+                    "XSIAM_API_KEY_ID": self.api_key_id}
+        self.argv = python_module("deployments.xsiam.server", "--state-dir", str(self.folder),
+                                  "--port", str(self.port))
+        self.process: ManagedProcess | None = None
+
+    def collect(self, feeds: list[dict[str, str]], reader_secret_id: str | None = None,
+                reader_key: Credentials | None = None, reload_seconds: float | None = None) -> LocalXsiam:
+        """Also run the S3 collector (before start): the reader's key from a secret, or given directly."""
+        assert self.aws.admin is not None
+        config = {"region": REGION, "endpoint_url": self.aws.endpoint_url, "feeds": feeds,
+                  "reader": {"secret_id": reader_secret_id} if reader_secret_id else {},
+                  "reload_seconds": reload_seconds}
+        config_path = write_settings(config, self.folder / "collector.json")
+        self.argv += ["--config", str(config_path)]
+        self.env.update(self.aws.admin.env())  # the operator's identity, only to read the reader's secret
+        self.env.update(loopback_guard_env(self.aws.endpoint_url))
+        if reader_key:
+            self.env.update({"XSIAM_READER_ACCESS_KEY_ID": reader_key.access_key_id,
+                             "XSIAM_READER_SECRET_ACCESS_KEY": reader_key.secret_access_key})
+        return self
 
     def start(self) -> LocalXsiam:
         import subprocess
 
+        self.process = ManagedProcess("xsiam stand-in", self.argv, self.state_dir / "logs" / "xsiam.log", self.env)
         self.process.start(stdout=subprocess.PIPE)
-        self.url = f"http://127.0.0.1:{self.process.read_ready_line(deadline_s=60)['port']}"
+        port = self.process.read_ready_line(deadline_s=60)["port"]
+        if port != self.port:
+            raise StackError(f"xsiam stand-in bound {port}, expected {self.port}")
         return self
 
     def stop(self) -> None:
-        self.process.stop()
+        if self.process:
+            self.process.stop()
 
     @property
     def firehose_url(self) -> str:
@@ -308,7 +349,9 @@ def bootstrap_reader_key(aws: LocalAws, reader: dict[str, str]) -> str:
 
 
 def collector_feeds(aws: LocalAws, settings_values: dict[str, Any]) -> list[dict[str, str]]:
-    """The stand-in's data sources for every S3 feed in a settings file's catalog (queues must exist)."""
-    sqs = aws.client("sqs")
-    return [{"name": name, "queue_url": sqs.get_queue_url(QueueName=feed["queue"])["QueueUrl"],
-             "log_type": feed["log_type"]} for name, feed in settings_values["s3_feeds"].items()]
+    """The stand-in's data sources for every S3 feed in a catalog, as XSIAM is configured: queue URLs."""
+    from socfeeds.settings import Settings
+
+    feeds = Settings(**settings_values).s3_feeds
+    return [{"name": name, "queue_url": aws.queue_url(feed.queue), "log_type": feed.log_type}
+            for name, feed in feeds.items()]

@@ -63,6 +63,7 @@ class Collector:
         self._lock = threading.Lock()
         self._clients: dict[str, Any] = {}
         self._threads: list[threading.Thread] = []
+        self._last_failure: dict[str, str] = {}
         self.key_id = ""
 
     # --- credentials -------------------------------------------------------------------------
@@ -137,17 +138,24 @@ class Collector:
                 backoff = min(backoff * 2, 10.0)
 
     def _guard(self, component: str, call: Any, *args: Any) -> bool:
+        """Run a step; record a failure once per change of error (a retry loop must not flood the log)."""
         try:
             call(*args)
         except ClientError as error:
             code = str(error.response.get("Error", {}).get("Code", ""))
-            kind = "auth" if code in AUTH_ERRORS else "processing"
-            self.store.add_failure(component, kind, f"{code}: {error}", key_id=self.key_id)
+            self._record(component, "auth" if code in AUTH_ERRORS else "processing", f"{code}: {error}")
             return False
         except (BotoCoreError, OSError, ValueError, KeyError) as error:
-            self.store.add_failure(component, "processing", f"{type(error).__name__}: {error}", key_id=self.key_id)
+            self._record(component, "processing", f"{type(error).__name__}: {error}")
             return False
+        self._last_failure.pop(component, None)
         return True
+
+    def _record(self, component: str, kind: str, detail: str) -> None:
+        signature = f"{kind}:{self.key_id}:{detail[:120]}"
+        if self._last_failure.get(component) != signature:
+            self._last_failure[component] = signature
+            self.store.add_failure(component, kind, detail, key_id=self.key_id)
 
     def collect_once(self, feed: FeedSource, max_messages: int = 10) -> int:
         """One long poll of the feed's queue; returns how many messages were handled and deleted."""
