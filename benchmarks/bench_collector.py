@@ -21,7 +21,7 @@ from typing import Any
 
 import boto3
 
-from deployments.local.stack import Credentials, LocalAws, collector_feeds, local_settings
+from deployments.local.stack import Credentials, LocalAws, LocalXsiam, collector_feeds, local_settings
 from deployments.xsiam.collector import Collector, FeedSource, ReaderIdentity
 from deployments.xsiam.store import Store
 from socfeeds import formats
@@ -80,14 +80,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as state_dir:
         aws = LocalAws(Path(state_dir)).start()
         try:
-            values = local_settings(aws, Path(state_dir))
+            values = local_settings(aws, Path(state_dir), LocalXsiam(Path(state_dir), aws))
             settings = Settings(**values)
             assert aws.admin is not None
             clients = AwsClients.from_settings(settings, session=boto3.session.Session(
                 aws.admin.access_key_id, aws.admin.secret_access_key))
             ensure_reader.fn(clients, settings, False)
             for name in settings.s3_feeds:
-                for step in (ensure_bucket, ensure_queues, ensure_notification):
+                for step in (ensure_bucket, ensure_queues, ensure_notification):  # S3 feeds only
                     step.fn(clients, settings, name, False)
                 aws.client("sqs").purge_queue(QueueUrl=aws.client("sqs").get_queue_url(
                     QueueName=settings.s3_feeds[name].queue)["QueueUrl"])  # S3's TestEvent

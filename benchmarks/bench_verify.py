@@ -54,7 +54,8 @@ class DelayedAws:
 
 
 def catalog(stack: LocalStack, extra_feeds: int) -> dict[str, Any]:
-    values = local_settings(stack.aws, stack.state_dir)
+    assert stack.xsiam is not None
+    values = local_settings(stack.aws, stack.state_dir, stack.xsiam)
     for n in range(extra_feeds):
         values["s3_feeds"][f"bench-{n:02d}"] = {
             "log_type": "Generic", "bucket": f"bench-feed-{n:02d}-{{account_id}}", "queue": f"bench-feed-{n:02d}",

@@ -22,6 +22,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from deployments.local.stack import (
     LocalAws,
+    LocalXsiam,
     local_settings,
     loopback_guard_env,
     write_settings,
@@ -47,9 +48,18 @@ socket.socket.connect = _loopback_only  # type: ignore[method-assign,assignment]
 
 @pytest.fixture(scope="session")
 def local_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAws]:
-    aws = LocalAws(tmp_path_factory.mktemp("aws")).start()
+    # Firehose's 300 s retry window runs 100x faster, so a failed delivery reaches the backup in ~3 s.
+    aws = LocalAws(tmp_path_factory.mktemp("aws"), time_scale=0.01).start()
     yield aws
     aws.stop()
+
+
+@pytest.fixture(scope="session")
+def standin(local_aws: LocalAws, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalXsiam]:
+    """The XSIAM stand-in's HTTP side (Firehose endpoint, XQL); tests that collect start their own."""
+    xsiam = LocalXsiam(tmp_path_factory.mktemp("xsiam"), local_aws).start()
+    yield xsiam
+    xsiam.stop()
 
 
 @pytest.fixture(scope="session")
@@ -75,8 +85,9 @@ def prefect_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCapture
 class Stack:
     """The per-test view of the local stack: settings, a settings file in the env, and clients."""
 
-    def __init__(self, aws: LocalAws, values: dict[str, Any], settings_file: Path) -> None:
+    def __init__(self, aws: LocalAws, xsiam: LocalXsiam, values: dict[str, Any], settings_file: Path) -> None:
         self.local = aws
+        self.xsiam = xsiam
         self.values = values
         self.settings_file = settings_file
 
@@ -101,12 +112,19 @@ class Stack:
 
 
 @pytest.fixture
-def stack(local_aws: LocalAws, prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Stack:
+def stack(local_aws: LocalAws, standin: LocalXsiam, prefect_server: None, tmp_path: Path,
+          monkeypatch: pytest.MonkeyPatch) -> Stack:
+    """Settings of the production shape with every name prefixed, its own EKS cluster and token secret."""
     prefix = f"t{next(_prefixes)}-"
-    values = local_settings(local_aws, tmp_path, prefix=prefix)
+    cluster = prefix + "live"
+    local_aws.create_cluster(cluster)
+    values = local_settings(local_aws, tmp_path, standin, prefix=prefix, cluster=cluster)
+    local_aws.put_token_secret(values["firehose_feeds"]["eks-control-plane"]["token_secret_name"],
+                               standin.firehose_token)
     settings_file = write_settings(values, tmp_path / "socfeeds.json")
     monkeypatch.setenv(SETTINGS_FILE_ENV, str(settings_file))
     assert local_aws.admin is not None
     for key, value in {**local_aws.admin.env(), **loopback_guard_env(local_aws.endpoint_url)}.items():
         monkeypatch.setenv(key, value)
-    return Stack(local_aws, values, settings_file)
+    monkeypatch.setenv("SOCFEEDS_XSIAM_API_KEY", standin.api_key)
+    return Stack(local_aws, standin, values, settings_file)

@@ -20,7 +20,9 @@ def test_provision_from_empty_then_verify_passes_and_rerun_is_a_no_op(stack: Sta
     actions = {(c.feed, c.action) for c in changes}
     for feed in stack.settings.s3_feeds:
         assert {(feed, "create bucket"), (feed, "create queue"), (feed, "notify queue")} <= actions
-    assert {("reader", "create user"), ("reader", "create policy"), ("reader", "attach policy"),
+    assert {("eks-control-plane", "enable control-plane logging"), ("eks-control-plane", "create delivery stream"),
+            ("eks-control-plane", "subscribe log group"),
+            ("reader", "create user"), ("reader", "create policy"), ("reader", "attach policy"),
             ("cloudtrail", "create trail"), ("cloudtrail", "start logging"),
             ("vpc-flow-logs", "create flow log"), ("route53-resolver", "create query log config"),
             ("route53-resolver", "associate query logging"),
@@ -36,11 +38,17 @@ def test_dry_run_reports_every_change_and_makes_none(stack: Stack) -> None:
     planned = provision_feeds(dry_run=True)
     settings = stack.settings
     assert planned and not any(c.applied for c in planned)
-    assert {c.feed for c in planned} == {*settings.s3_feeds, "reader"}
+    assert {c.feed for c in planned} == {*settings.s3_feeds, *settings.firehose_feeds, "reader"}
     aws = stack.aws
     for feed in settings.s3_feeds.values():
         assert not bucket_exists(aws, feed.bucket)
         assert queue_url(aws, feed.queue) is None
+    eks = settings.firehose_feeds["eks-control-plane"]
+    assert not bucket_exists(aws, eks.error_bucket)
+    assert stack.client("firehose").list_delivery_streams()["DeliveryStreamNames"].count(eks.delivery_stream) == 0
+    assert stack.client("logs").describe_log_groups(logGroupNamePrefix=eks.log_group)["logGroups"] == []
+    logging = stack.client("eks").describe_cluster(name=eks.cluster_name)["cluster"]["logging"]["clusterLogging"]
+    assert not any(entry["enabled"] for entry in logging)
     users = [u["UserName"] for u in stack.client("iam").list_users()["Users"]]
     assert settings.reader.user_name not in users
     applied = provision_feeds()

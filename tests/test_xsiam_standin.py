@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pytest
 from conftest import Stack
 
-from deployments.local.stack import Credentials, LocalAws, LocalXsiam, collector_feeds
+from deployments.local.stack import Credentials, LocalXsiam, collector_feeds
 from deployments.xsiam.firehose import MAX_BODY_BYTES
 from socfeeds import formats
 from tasks.buckets import ensure_bucket
@@ -70,11 +70,9 @@ def firehose_request(records: list[dict[str, str]], key: str, request_id: str | 
     return body, headers
 
 
-@pytest.fixture(scope="module")
-def xsiam(local_aws: LocalAws, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalXsiam]:
-    standin = LocalXsiam(tmp_path_factory.mktemp("xsiam"), local_aws).start()
-    yield standin
-    standin.stop()
+@pytest.fixture
+def xsiam(standin: LocalXsiam) -> LocalXsiam:
+    return standin
 
 
 # --- Firehose endpoint -------------------------------------------------------------------------
@@ -204,10 +202,10 @@ def provision_s3_feeds(stack: Stack) -> Credentials:
 @pytest.fixture
 def collecting(stack: Stack, tmp_path: Path) -> Iterator[tuple[LocalXsiam, Credentials]]:
     reader = provision_s3_feeds(stack)
-    feeds = collector_feeds(stack.local, stack.values)
-    standin = LocalXsiam(tmp_path, stack.local, feeds=feeds, reader_key=reader).start()
-    yield standin, reader
-    standin.stop()
+    collector = LocalXsiam(tmp_path, stack.local).collect(collector_feeds(stack.local, stack.values),
+                                                          reader_key=reader).start()
+    yield collector, reader
+    collector.stop()
 
 
 def put(stack: Stack, feed: str, obj: formats.LogObject) -> None:
@@ -273,13 +271,14 @@ def test_deleted_reader_key_is_an_auth_failure_not_a_crash(
     [failure, *_] = eventually("auth failure recorded", lambda: [
         f for f in standin.failures() if f["kind"] == "auth"])
     assert failure["key_id"] == reader.access_key_id and "InvalidClientTokenId" in failure["detail"]
-    assert standin.process.process is not None and standin.process.process.poll() is None
+    assert standin.process is not None and standin.process.process is not None
+    assert standin.process.process.poll() is None, "the collector keeps running"
 
 
 def test_collector_reloads_the_key_from_the_rotation_secret(stack: Stack, tmp_path: Path) -> None:
     first = provision_s3_feeds(stack)
     secrets = stack.client("secretsmanager")
-    secret_id = f"{stack.values['reader']['user_name']}-key"
+    secret_id = stack.settings.reader.secret_name
 
     def store(key: Credentials) -> None:
         value = json.dumps({"access_key_id": key.access_key_id, "secret_access_key": key.secret_access_key})
@@ -287,8 +286,8 @@ def test_collector_reloads_the_key_from_the_rotation_secret(stack: Stack, tmp_pa
 
     secrets.create_secret(Name=secret_id)
     store(first)
-    feeds = collector_feeds(stack.local, stack.values)
-    standin = LocalXsiam(tmp_path, stack.local, feeds=feeds, reader_secret_id=secret_id)
+    standin = LocalXsiam(tmp_path, stack.local).collect(collector_feeds(stack.local, stack.values),
+                                                        reader_secret_id=secret_id)
     try:
         standin.start()
         assert standin.reload() == first.access_key_id
