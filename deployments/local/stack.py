@@ -328,6 +328,9 @@ class LocalXsiam:
     def failures(self) -> list[dict[str, Any]]:
         return list(self._call("GET", "/standin/failures"))
 
+    def count(self, dataset: str, contains: str) -> int:
+        return int(self._call("GET", f"/standin/count?dataset={dataset}&contains={contains}")["count"])
+
     def reload(self) -> str:
         """What an operator does after pasting a new key: the collector takes the secret's current key."""
         return str(self._call("POST", "/standin/reload")["key_id"])

@@ -104,6 +104,9 @@ def make_handler(app: StandIn) -> type[BaseHTTPRequestHandler]:
             elif url.path == "/standin/events":
                 dataset = parse_qs(url.query).get("dataset", [None])[0]
                 self._send(200, app.store.events(dataset))
+            elif url.path == "/standin/count":
+                query = parse_qs(url.query)
+                self._send(200, {"count": app.store.count(query["dataset"][0], query.get("contains", [""])[0])})
             elif url.path == "/standin/failures":
                 self._send(200, app.store.failures())
             else:

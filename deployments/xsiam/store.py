@@ -105,6 +105,12 @@ class Store:
         return [{"dataset": r[0], "source": r[1], "origin": r[2], "event_time_ms": r[3], "raw": json.loads(r[4])
                  if r[4][:1] in "{[" else r[4]} for r in rows]
 
+    def count(self, dataset: str, needle: str) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT count(*) FROM events WHERE dataset = ? AND instr(raw, ?) > 0",
+                                   (dataset, needle)).fetchone()
+        return int(row[0])
+
     def failures(self) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
