@@ -8,6 +8,7 @@ from prefect.futures import PrefectFuture
 from flows._common import StepsFailed, concurrent_tasks, gather, publish, start_run
 from socfeeds.report import Change
 from tasks.buckets import ensure_bucket
+from tasks.canary import ensure_canary_writer
 from tasks.firehose import ensure_cluster_logging, ensure_delivery_stream, ensure_subscription
 from tasks.notifications import ensure_notification
 from tasks.queues import ensure_queues
@@ -20,7 +21,8 @@ CHANGE_COLUMNS = ["feed", "resource", "action", "detail", "applied"]
 @flow(name="provision-feeds", task_runner=concurrent_tasks())
 def provision_feeds(feeds: list[str] | None = None, dry_run: bool = False) -> list[Change]:
     """Create or adopt every feed's resources: for S3 feeds the bucket, queues, notification and source;
-    for the EKS feed the cluster's logging, the delivery stream and the subscription; and the reader.
+    for the EKS feed the cluster's logging, the delivery stream and the subscription; the XSIAM reader
+    and the canary's writer role.
 
     Idempotent: a rerun after any failure converges, and a run with nothing to do reports no
     changes. Nothing is ever deleted.
@@ -31,7 +33,8 @@ def provision_feeds(feeds: list[str] | None = None, dry_run: bool = False) -> li
     """
     run = start_run(feeds)
     steps: list[tuple[str, PrefectFuture[list[Change]]]] = [
-        ("ensure-reader", ensure_reader.submit(run.aws, run.settings, dry_run))]
+        ("ensure-reader", ensure_reader.submit(run.aws, run.settings, dry_run)),
+        ("ensure-canary-writer", ensure_canary_writer.submit(run.aws, run.settings, dry_run))]
     for name in run.s3_feeds:
         bucket = ensure_bucket.submit(run.aws, run.settings, name, dry_run)
         queues = ensure_queues.submit(run.aws, run.settings, name, dry_run)

@@ -8,6 +8,7 @@ from prefect.futures import PrefectFuture
 from flows._common import concurrent_tasks, gather, publish, start_run
 from socfeeds.report import Finding, Status
 from tasks.buckets import check_bucket
+from tasks.canary import check_canary_writer
 from tasks.firehose import check_cluster_logging, check_delivery_stream, check_subscription
 from tasks.notifications import check_notification
 from tasks.queues import check_queue
@@ -40,7 +41,8 @@ def verify_feeds(feeds: list[str] | None = None) -> list[Finding]:
     """
     run = start_run(feeds)
     checks: list[tuple[str, PrefectFuture[list[Finding]]]] = [
-        ("check-reader", check_reader.submit(run.aws, run.settings))]
+        ("check-reader", check_reader.submit(run.aws, run.settings)),
+        ("check-canary-writer", check_canary_writer.submit(run.aws, run.settings))]
     for name in run.s3_feeds:
         checks += [(f"{check.name}[{name}]", check.submit(run.aws, run.settings, name))
                    for check in FEED_CHECKS]

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from socfeeds.arns import Arns
+from socfeeds.arns import Arns, partition
 from socfeeds.settings import CloudTrailSource, FlowLogSource, ResolverQueryLogSource, S3Feed, Settings
 
 Statement = dict[str, Any]
@@ -292,4 +292,32 @@ def firehose_role_policy(bucket_arn: str, log_stream_arn: str, secret_arn: str, 
     if kms_key_arn:
         statements.append({"Sid": "SocfeedsStreamKey", "Effect": "Allow",
                            "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": kms_key_arn})
+    return document(statements)
+
+
+# --- the canary writer -----------------------------------------------------------------------
+
+
+def canary_writer_trust(settings: Settings) -> Document:
+    """Only the flows' own identity (or, undeclared, this account's identities) may assume the writer."""
+    trusted = settings.canary.writer_trusted_principals or [f"arn:{partition(settings.region)}:iam::"
+                                                            f"{settings.account_id}:root"]
+    return document([{"Effect": "Allow", "Principal": {"AWS": sorted(trusted)}, "Action": "sts:AssumeRole"}])
+
+
+def canary_writer_policy(settings: Settings) -> Document:
+    """Write (and clean up) synthetic log objects and events; read nothing, change nothing else."""
+    arns = Arns(settings.region, settings.account_id)
+    statements: list[Statement] = []
+    buckets = sorted(f"{arns.bucket(f.bucket)}/*" for f in settings.s3_feeds.values())
+    if buckets:
+        statements.append({"Sid": "SocfeedsCanaryObjects", "Effect": "Allow",
+                           "Action": ["s3:DeleteObject", "s3:PutObject"], "Resource": buckets})
+    groups = sorted(arns.log_group(f.log_group) for f in settings.firehose_feeds.values())
+    if groups:
+        statements += [
+            {"Sid": "SocfeedsCanaryStreams", "Effect": "Allow", "Action": "logs:CreateLogStream", "Resource": groups},
+            {"Sid": "SocfeedsCanaryEvents", "Effect": "Allow", "Action": "logs:PutLogEvents",
+             "Resource": [f"{group}:log-stream:canary-*" for group in groups]},
+        ]
     return document(statements)

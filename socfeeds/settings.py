@@ -92,6 +92,10 @@ class S3Feed(_Strict):
     kms_key_arn: str | None = Field(None, description="SSE-KMS for bucket and queue; SSE-S3/SSE-SQS if unset.")
     max_receive_count: int = Field(4, ge=1, le=1000)
     source: Source | None = None
+    canary_strategy: Literal["siem", "queue"] = Field(
+        "siem", description="siem: find the canary in XSIAM (production). queue: long-poll the feed's queue; "
+        "only for queues no one else reads (XSIAM would race the canary for the message).")
+    canary_deadline_seconds: int = Field(120, ge=5, le=3600)
 
     @field_validator("kms_key_arn")
     @classmethod
@@ -137,6 +141,7 @@ class FirehoseFeed(_Strict):
     backup_window_hours: int = Field(24, ge=1, description="How far back verify looks for failed deliveries.")
     backup_objects_warn_at: int = Field(1, ge=1)
     backup_objects_fail_at: int = Field(1, ge=1)
+    canary_deadline_seconds: int = Field(240, ge=5, le=3600, description="Room for the 60 s buffer and retries.")
 
     @field_validator("log_retention_days")
     @classmethod
@@ -166,6 +171,24 @@ class XsiamTenant(_Strict):
     firehose_url_parameter: str | None = Field(None, description="SSM parameter holding the Firehose URL.")
     api_url: str | None = Field(None, description="https://api-<tenant>/public_api/v1")
     api_key_id: str | None = None
+
+
+LOG_TYPE_DATASETS: dict[str, str] = {
+    "Audit Logs": "aws_s3_raw",
+    "Flow Logs": "aws_s3_raw",
+    "Route 53": "amazon_route53_raw",
+    "Generic": "amazon_aws_raw",
+    "EKS": "amazon_eks_raw",
+}
+
+
+class CanarySettings(_Strict):
+    writer_role: str = Field("socfeeds-canary-writer", pattern=r"^[\w+=,.@-]{1,64}$",
+                             description="Role the canary writes with: PutObject/DeleteObject, PutLogEvents only.")
+    writer_trusted_principals: list[str] = Field(
+        default_factory=list, description="ARNs that may assume the writer role: the flows' own execution role "
+        "(recommended). Empty means any identity of this account allowed sts:AssumeRole.")
+    latency_history: int = Field(30, ge=1, le=500, description="Latencies kept per feed to show drift.")
 
 
 class ReaderSettings(_Strict):
@@ -261,6 +284,7 @@ class Settings(BaseSettings):
         default_factory=lambda: {"eks-control-plane": FirehoseFeed()})
     xsiam: XsiamTenant = XsiamTenant()
     reader: ReaderSettings = ReaderSettings()
+    canary: CanarySettings = CanarySettings()
     backlog: BacklogThresholds = BacklogThresholds()
     max_concurrency: int = Field(16, ge=1, le=64, description="AWS calls in flight per flow run.")
     xsiam_api_key: SecretStr | None = None

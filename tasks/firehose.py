@@ -7,8 +7,11 @@ and verify only checks that the secret has an `api_key` field.
 
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -229,6 +232,19 @@ def _failed_deliveries(aws: AwsClients, feed: FirehoseFeed) -> list[dict[str, An
     pages = aws.s3.get_paginator("list_objects_v2").paginate(Bucket=feed.error_bucket, Prefix=FAILED_PREFIX)
     return sorted((dict(o) for page in pages for o in page.get("Contents", []) if o["LastModified"] >= since),
                   key=lambda o: o["LastModified"])
+
+
+def backed_up_records(aws: AwsClients, feed: FirehoseFeed, since: datetime) -> Iterator[tuple[str, str, str]]:
+    """(key, Firehose's errorMessage, the CloudWatch payload as text) for backup objects since a time."""
+    pages = aws.s3.get_paginator("list_objects_v2").paginate(Bucket=feed.error_bucket, Prefix=FAILED_PREFIX)
+    for obj in (o for page in pages for o in page.get("Contents", []) if o["LastModified"] >= since):
+        body = aws.s3.get_object(Bucket=feed.error_bucket, Key=obj["Key"])["Body"].read()
+        text = gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
+        for line in text.splitlines():
+            record = json.loads(line)
+            raw = base64.b64decode(record["rawData"])
+            payload = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+            yield obj["Key"], str(record.get("errorMessage", "")), payload.decode(errors="replace")
 
 
 @aws_task("check-delivery-stream")

@@ -1,6 +1,6 @@
-"""`make demo`: start the local stack, provision and verify every feed, print the table, clean up.
+"""`make demo`: start the local stack, provision, verify and canary every feed, print the tables, clean up.
 
-Exits non-zero when any verification check fails.
+Exits non-zero when any verification check or canary fails.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def main() -> int:
 
 
 def run_main_job(stack: LocalStack) -> int:
-    """provision-feeds, then verify-feeds; the exit status says whether every check passed."""
+    """provision-feeds, verify-feeds, feed-canary; the exit status says whether everything passed."""
+    from flows.canary import CANARY_COLUMNS, CanaryFailed, feed_canary
     from flows.provision import provision_feeds
     from flows.verify import ChecksFailed, verify_feeds
     from socfeeds.report import render_table, table_rows
@@ -55,7 +56,14 @@ def run_main_job(stack: LocalStack) -> int:
     print("\nverify-feeds:\n" + render_table(table_rows(findings), ["feed", "resource", "check", "status",
                                                                     "detail", "fix"]))
     print(f"\nverify-feeds finished {state.name}")
-    return 0 if state.is_completed() else 1
+    canary = feed_canary(return_state=True)
+    canary_outcome = canary.result(raise_on_failure=False)
+    if isinstance(canary_outcome, Exception) and not isinstance(canary_outcome, CanaryFailed):
+        raise canary_outcome
+    results = canary_outcome.results if isinstance(canary_outcome, CanaryFailed) else canary_outcome
+    print("\nfeed-canary:\n" + render_table(table_rows(results), CANARY_COLUMNS))
+    print(f"\nfeed-canary finished {canary.name}")
+    return 0 if state.is_completed() and canary.is_completed() else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,279 @@
+"""The daily canary: write a marked, recognisably synthetic event into a feed, find it again, time it.
+
+The writer is its own identity (a role allowed only PutObject/DeleteObject and PutLogEvents).
+Confirmation follows the feed's strategy: `siem` asks XSIAM's query API (production: XSIAM's queue
+is never touched), `queue` long-polls a queue nobody else reads. Each failure names its leg:
+write, notification, collection, delivery or backup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import unquote_plus
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel, ConfigDict
+
+from socfeeds import formats, policies
+from socfeeds.arns import Arns
+from socfeeds.aws import AwsClients
+from socfeeds.report import Change, ChangesFor, Finding, FindingsFor
+from socfeeds.settings import LOG_TYPE_DATASETS, FirehoseFeed, S3Feed, Settings
+from tasks._task import aws_task
+from tasks.firehose import backed_up_records
+from tasks.queues import queue_url
+from tasks.roles import check_role, ensure_role
+from tasks.xql import XqlClient, XqlError
+
+QUEUE_WAIT_SECONDS = 20
+
+
+class CanaryResult(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    feed: str
+    strategy: str
+    status: str  # passed | failed
+    leg: str  # "-" when passed
+    latency_ms: int | None
+    detail: str
+    fix: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+
+class Outcome:
+    """Builds the feed's result, timing from the moment the write succeeded."""
+
+    def __init__(self, feed: str, strategy: str) -> None:
+        self.feed, self.strategy = feed, strategy
+        self.written_at = time.monotonic()
+
+    def passed(self, detail: str) -> CanaryResult:
+        latency = int((time.monotonic() - self.written_at) * 1000)
+        return CanaryResult(feed=self.feed, strategy=self.strategy, status="passed", leg="-", latency_ms=latency,
+                            detail=detail)
+
+    def failed(self, leg: str, detail: str, fix: str) -> CanaryResult:
+        return CanaryResult(feed=self.feed, strategy=self.strategy, status="failed", leg=leg, latency_ms=None,
+                            detail=detail, fix=fix)
+
+
+def marker_for(run_tag: str, feed_name: str) -> str:
+    return f"{formats.CANARY_AGENT}-{run_tag}-{feed_name}-{int(time.time() * 1000)}"
+
+
+# --- the writer identity ---------------------------------------------------------------------
+
+def _writer_role_arn(settings: Settings) -> str:
+    return Arns(settings.region, settings.account_id).role(settings.canary.writer_role)
+
+
+@aws_task("ensure-canary-writer", per_feed=False)
+def ensure_canary_writer(aws: AwsClients, settings: Settings, dry_run: bool) -> list[Change]:
+    changes = ChangesFor("canary", f"iam-role:{settings.canary.writer_role}", dry_run)
+    ensure_role(aws, changes, settings.canary.writer_role,
+                policies.canary_writer_trust(settings),
+                policies.canary_writer_policy(settings), "socfeeds canary: writes synthetic log events only")
+    return changes.changes
+
+
+@aws_task("check-canary-writer", per_feed=False)
+def check_canary_writer(aws: AwsClients, settings: Settings) -> list[Finding]:
+    check = FindingsFor("canary", f"iam-role:{settings.canary.writer_role}")
+    check_role(aws, check, settings.canary.writer_role,
+               policies.canary_writer_trust(settings),
+               policies.canary_writer_policy(settings))
+    return check.findings
+
+
+def writer_clients(aws: AwsClients, settings: Settings, run_tag: str) -> AwsClients:
+    """Clients acting as the canary writer role (assumed with the flow's own identity)."""
+    credentials = aws.sts.assume_role(RoleArn=_writer_role_arn(settings),
+                                      RoleSessionName=f"socfeeds-canary-{run_tag}")["Credentials"]
+    session = boto3.session.Session(credentials["AccessKeyId"], credentials["SecretAccessKey"],
+                                    credentials["SessionToken"])
+    return AwsClients(session, settings.region, settings.endpoint_url)
+
+
+# --- confirmation ----------------------------------------------------------------------------
+
+def _notified_key(body: str, bucket: str) -> list[str]:
+    try:
+        records = json.loads(body).get("Records", [])
+    except ValueError:
+        return []
+    return [unquote_plus(r["s3"]["object"]["key"]) for r in records
+            if r.get("s3", {}).get("bucket", {}).get("name") == bucket]
+
+
+def confirm_on_queue(aws: AwsClients, feed: S3Feed, key: str, deadline: float) -> bool:
+    """Long-poll for the object's notification; delete only it, hand every other message straight back."""
+    url = queue_url(aws, feed.queue)
+    if url is None:
+        raise LookupError(f"queue {feed.queue} does not exist")
+    while (remaining := deadline - time.monotonic()) > 0:
+        messages = aws.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                           WaitTimeSeconds=max(0, min(QUEUE_WAIT_SECONDS, int(remaining))),
+                                           VisibilityTimeout=30).get("Messages", [])
+        found = False
+        for message in messages:
+            if key in _notified_key(message["Body"], feed.bucket):
+                aws.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+                found = True
+            else:  # not ours: visible again at once, never deleted
+                aws.sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"],
+                                                  VisibilityTimeout=0)
+        if found:
+            return True
+    return False
+
+
+def find_in_siem(xql: XqlClient, dataset: str, marker: str, since_ms: int, deadline: float,
+                 also: Callable[[], str | None] | None = None) -> tuple[bool, str | None]:
+    """Query until the marker shows or the deadline passes; `also` may end the wait with a reason."""
+    pause = 0.2
+    while True:
+        now_ms = int(time.time() * 1000)
+        if xql.search(dataset, marker, since_ms - 60_000, now_ms + 60_000, deadline):
+            return True, None
+        reason = also() if also else None
+        if reason:
+            return False, reason
+        if time.monotonic() + pause > deadline:
+            return False, None
+        time.sleep(pause)
+        pause = min(pause * 1.5, 2.0)  # latency is measured to within one pause
+
+
+# --- the canaries ----------------------------------------------------------------------------
+
+def _origin(settings: Settings, feed: S3Feed) -> formats.Origin:
+    source = feed.source
+    vpc = getattr(source, "vpc_id", None) or settings.vpc_id or "vpc-00000000"
+    prefix = getattr(source, "key_prefix", "logs")
+    return formats.Origin(settings.account_id, settings.region, vpc_id=vpc, key_prefix=prefix)
+
+
+@aws_task("canary-s3")
+def canary_s3_feed(aws: AwsClients, writer: AwsClients, xql: XqlClient | None, settings: Settings,
+                   feed_name: str, run_tag: str) -> list[CanaryResult]:
+    """One result (a list, like every task's findings)."""
+    return [_canary_s3(aws, writer, xql, settings, feed_name, run_tag)]
+
+
+def _canary_s3(aws: AwsClients, writer: AwsClients, xql: XqlClient | None, settings: Settings,
+               feed_name: str, run_tag: str) -> CanaryResult:
+    feed = settings.s3_feeds[feed_name]
+    marker = marker_for(run_tag, feed_name)
+    obj = formats.synthetic_object(feed.log_type, _origin(settings, feed), marker, datetime.now(UTC))
+    outcome = Outcome(feed_name, feed.canary_strategy)
+    since_ms = int(time.time() * 1000)
+    extra: dict[str, Any] = {"ContentEncoding": obj.content_encoding} if obj.content_encoding else {}
+    try:
+        writer.s3.put_object(Bucket=feed.bucket, Key=obj.key, Body=obj.body, ContentType=obj.content_type, **extra)
+    except (ClientError, BotoCoreError) as error:
+        return outcome.failed("write", f"PutObject s3://{feed.bucket}/{obj.key}: {error}",
+                              "run verify-feeds (bucket) and check the canary writer role (provision-feeds)")
+    outcome.written_at = time.monotonic()
+    deadline = outcome.written_at + feed.canary_deadline_seconds
+    try:
+        if feed.canary_strategy == "queue":
+            return _confirm_queue(aws, feed, obj.key, deadline, outcome)
+        return _confirm_siem(xql, LOG_TYPE_DATASETS[feed.log_type], marker, since_ms, deadline, outcome, feed)
+    finally:
+        with contextlib.suppress(ClientError, BotoCoreError):  # lifecycle expiry covers a failed delete
+            writer.s3.delete_object(Bucket=feed.bucket, Key=obj.key)
+
+
+def _confirm_queue(aws: AwsClients, feed: S3Feed, key: str, deadline: float, outcome: Outcome) -> CanaryResult:
+    try:
+        seen = confirm_on_queue(aws, feed, key, deadline)
+    except (ClientError, BotoCoreError, LookupError) as error:
+        return outcome.failed("notification", f"cannot read {feed.queue}: {error}",
+                              "run verify-feeds: the queue is missing or unreadable; provision-feeds recreates it")
+    if seen:
+        return outcome.passed(f"notification for {key} arrived on {feed.queue}")
+    return outcome.failed("notification", f"no notification on {feed.queue} within {feed.canary_deadline_seconds} s",
+                          "run verify-feeds: check the bucket notification and the queue policy, then provision-feeds")
+
+
+def _confirm_siem(xql: XqlClient | None, dataset: str, marker: str, since_ms: int, deadline: float,
+                  outcome: Outcome, feed: S3Feed | FirehoseFeed, also: Callable[[], str | None] | None = None,
+                  missing_leg: str = "collection") -> CanaryResult:
+    if xql is None:
+        return outcome.failed("collection", "no XSIAM API configured", "set xsiam.api_url, api_key_id, xsiam_api_key")
+    try:
+        found, reason = find_in_siem(xql, dataset, marker, since_ms, deadline, also)
+    except XqlError as error:
+        return outcome.failed("collection", f"could not ask XSIAM: {error}",
+                              "check the XSIAM tenant's status and the API key; the feed itself may be fine")
+    if found:
+        return outcome.passed(f"found in {dataset}")
+    if reason:
+        return outcome.failed("backup", reason, "Firehose gave up on XSIAM: check the token in the secret "
+                              "(a revoked token is the usual cause) and the XSIAM HTTP collector's status")
+    if isinstance(feed, FirehoseFeed):
+        return outcome.failed(missing_leg, f"not in {dataset} within {feed.canary_deadline_seconds} s and no backup",
+                              "run verify-feeds: check the subscription filter, the stream and its error log group")
+    return outcome.failed(missing_leg, f"not in {dataset} within {feed.canary_deadline_seconds} s",
+                          "XSIAM did not ingest it: run verify-feeds (notification, queue policy, reader grants), "
+                          "check the reader key XSIAM holds and the data source's status in XSIAM")
+
+
+def audit_line(marker: str, at: datetime) -> str:
+    """A Kubernetes audit event, as the kube-apiserver-audit stream carries them, marked as a canary."""
+    return json.dumps({
+        "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "auditID": marker,
+        "stage": "ResponseComplete", "requestURI": "/api/v1/namespaces/default/pods", "verb": "list",
+        "user": {"username": formats.CANARY_AGENT, "groups": ["system:authenticated"]},
+        "sourceIPs": ["192.0.2.10"], "userAgent": f"{formats.CANARY_AGENT}/{marker}",
+        "objectRef": {"resource": "pods", "namespace": "default", "apiVersion": "v1"},
+        "responseStatus": {"metadata": {}, "code": 200},
+        "requestReceivedTimestamp": at.isoformat().replace("+00:00", "Z"),
+        "stageTimestamp": at.isoformat().replace("+00:00", "Z"),
+    })
+
+
+@aws_task("canary-firehose")
+def canary_firehose_feed(aws: AwsClients, writer: AwsClients, xql: XqlClient | None, settings: Settings,
+                         feed_name: str, run_tag: str) -> list[CanaryResult]:
+    """One result (a list, like every task's findings)."""
+    return [_canary_firehose(aws, writer, xql, settings, feed_name, run_tag)]
+
+
+def _canary_firehose(aws: AwsClients, writer: AwsClients, xql: XqlClient | None, settings: Settings,
+                     feed_name: str, run_tag: str) -> CanaryResult:
+    feed = settings.firehose_feeds[feed_name]
+    marker = marker_for(run_tag, feed_name)
+    outcome = Outcome(feed_name, "siem")
+    stream = f"canary-{run_tag}-{int(time.time())}"
+    now = datetime.now(UTC)
+    try:
+        writer.logs.create_log_stream(logGroupName=feed.log_group, logStreamName=stream)
+        writer.logs.put_log_events(logGroupName=feed.log_group, logStreamName=stream, logEvents=[
+            {"timestamp": int(now.timestamp() * 1000), "message": audit_line(marker, now)}])
+    except (ClientError, BotoCoreError) as error:
+        return outcome.failed("write", f"PutLogEvents {feed.log_group}:{stream}: {error}",
+                              "run verify-feeds (log group) and check the canary writer role (provision-feeds)")
+    outcome.written_at = time.monotonic()
+    since = now - timedelta(seconds=5)
+
+    def backed_up() -> str | None:
+        for key, message, payload in backed_up_records(aws, feed, since):
+            if marker in payload:
+                return f"delivery failed and the event went to s3://{feed.error_bucket}/{key}: {message}"
+        return None
+
+    return _confirm_siem(xql, LOG_TYPE_DATASETS["EKS"], marker, int(now.timestamp() * 1000),
+                         outcome.written_at + feed.canary_deadline_seconds, outcome, feed, also=backed_up,
+                         missing_leg="delivery")
+
