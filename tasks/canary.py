@@ -116,25 +116,37 @@ def _notified_key(body: str, bucket: str) -> list[str]:
 
 
 def confirm_on_queue(aws: AwsClients, feed: S3Feed, key: str, deadline: float) -> bool:
-    """Long-poll for the object's notification; delete only it, hand every other message straight back."""
+    """Long-poll for the object's notification and delete only it.
+
+    Other messages are held (invisible) only while the scan walks past them, so it can reach the
+    canary's message behind a backlog, and are all made visible again the moment the scan ends.
+    None is ever deleted.
+    """
     url = queue_url(aws, feed.queue)
     if url is None:
         raise LookupError(f"queue {feed.queue} does not exist")
-    while (remaining := deadline - time.monotonic()) > 0:
-        messages = aws.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
-                                           WaitTimeSeconds=max(0, min(QUEUE_WAIT_SECONDS, int(remaining))),
-                                           VisibilityTimeout=30).get("Messages", [])
-        found = False
-        for message in messages:
-            if key in _notified_key(message["Body"], feed.bucket):
-                aws.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-                found = True
-            else:  # not ours: visible again at once, never deleted
-                aws.sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"],
-                                                  VisibilityTimeout=0)
-        if found:
-            return True
-    return False
+    held: list[str] = []
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            messages = aws.sqs.receive_message(
+                QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=max(0, min(QUEUE_WAIT_SECONDS, int(remaining))),
+                VisibilityTimeout=max(1, min(30, int(remaining) + 5))).get("Messages", [])
+            for message in messages:
+                if key in _notified_key(message["Body"], feed.bucket):
+                    aws.sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+                    return True
+                held.append(message["ReceiptHandle"])
+        return False
+    finally:
+        release(aws, url, held)
+
+
+def release(aws: AwsClients, url: str, receipts: list[str]) -> None:
+    """Make held messages visible again at once."""
+    for start in range(0, len(receipts), 10):
+        batch = receipts[start:start + 10]
+        aws.sqs.change_message_visibility_batch(QueueUrl=url, Entries=[
+            {"Id": str(n), "ReceiptHandle": handle, "VisibilityTimeout": 0} for n, handle in enumerate(batch)])
 
 
 def find_in_siem(xql: XqlClient, dataset: str, marker: str, since_ms: int, deadline: float,

@@ -38,7 +38,7 @@ def test_dry_run_reports_every_change_and_makes_none(stack: Stack) -> None:
     planned = provision_feeds(dry_run=True)
     settings = stack.settings
     assert planned and not any(c.applied for c in planned)
-    assert {c.feed for c in planned} == {*settings.s3_feeds, *settings.firehose_feeds, "reader"}
+    assert {c.feed for c in planned} == {*settings.s3_feeds, *settings.firehose_feeds, "reader", "canary"}
     aws = stack.aws
     for feed in settings.s3_feeds.values():
         assert not bucket_exists(aws, feed.bucket)

@@ -12,7 +12,7 @@ import threading
 
 from moto.server import ThreadedMotoServer
 
-from deployments.local import auth_fidelity, firehose_fidelity
+from deployments.local import auth_fidelity, firehose_fidelity, sqs_speed
 
 
 def main() -> None:
@@ -21,6 +21,7 @@ def main() -> None:
     args = parser.parse_args()
     firehose_fidelity.apply()
     auth_fidelity.apply()
+    sqs_speed.apply()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()
     stop = threading.Event()

@@ -1,0 +1,166 @@
+"""feed-canary on the local stack: every feed passes, and each fault is caught at the right leg."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Stack
+
+from deployments.local.stack import LocalXsiam, bootstrap_reader_key, collector_feeds
+from flows.canary import LATENCY_VARIABLE, CanaryFailed, feed_canary
+from flows.provision import provision_feeds
+from tasks.canary import CanaryResult
+from tasks.queues import queue_url
+
+EKS = "eks-control-plane"
+
+
+@pytest.fixture
+def collecting(stack: Stack, tmp_path: Path) -> Iterator[LocalXsiam]:
+    """The stack provisioned with a stand-in of its own that collects every feed and receives Firehose."""
+    xsiam = LocalXsiam(tmp_path / "tenant", stack.local)
+    xsiam.collect(collector_feeds(stack.local, stack.values), reader_secret_id=stack.settings.reader.secret_name)
+    xsiam.start()
+    stack.update(xsiam={"firehose_url": xsiam.firehose_url, "api_url": xsiam.api_url, "api_key_id": xsiam.api_key_id})
+    feed = stack.settings.firehose_feeds[EKS]
+    stack.client("secretsmanager").put_secret_value(SecretId=feed.token_secret_name,
+                                                    SecretString=json.dumps({"api_key": xsiam.firehose_token}))
+    import os
+
+    os.environ["SOCFEEDS_XSIAM_API_KEY"] = xsiam.api_key  # restored by the stack fixture's monkeypatch
+    provision_feeds()
+    bootstrap_reader_key(stack.local, stack.values["reader"])
+    xsiam.reload()
+    yield xsiam
+    xsiam.stop()
+
+
+def with_deadlines(stack: Stack, seconds: int, **feed_changes: Any) -> None:
+    """Short canary deadlines (and other per-feed changes) for every feed, as an operator would set."""
+    s3 = {name: {**feed, "canary_deadline_seconds": seconds, **feed_changes} for name, feed in
+          stack.values["s3_feeds"].items()}
+    firehose = {name: {**feed, "canary_deadline_seconds": seconds} for name, feed in
+                stack.values["firehose_feeds"].items()}
+    stack.update(s3_feeds=s3, firehose_feeds=firehose)
+
+
+def run(feeds: list[str] | None = None) -> tuple[bool, dict[str, CanaryResult]]:
+    state = feed_canary(feeds=feeds, return_state=True)
+    outcome = state.result(raise_on_failure=False)
+    results = outcome.results if isinstance(outcome, CanaryFailed) else outcome
+    assert isinstance(results, list), outcome
+    return state.is_completed(), {r.feed: r for r in results}
+
+
+def test_every_feed_passes_and_leaves_nothing_behind(stack: Stack, collecting: LocalXsiam) -> None:
+    ok, results = run()
+    assert ok, results
+    assert set(results) == {*stack.settings.s3_feeds, EKS}
+    assert all(r.passed and r.latency_ms is not None and r.latency_ms > 0 for r in results.values())
+    s3 = stack.client("s3")
+    for feed in stack.settings.s3_feeds.values():  # canary objects deleted after confirmation
+        assert s3.list_objects_v2(Bucket=feed.bucket).get("KeyCount", 0) == 0
+    from prefect.variables import Variable
+
+    history = Variable.get(LATENCY_VARIABLE)
+    assert isinstance(history, dict) and all(history[name] for name in results)
+    canaries = [e for e in collecting.events() if "socfeeds-canary" in json.dumps(e["raw"])]
+    assert {e["dataset"] for e in canaries} == {"aws_s3_raw", "amazon_route53_raw", "amazon_aws_raw", "amazon_eks_raw"}
+
+
+def test_faults_in_several_feeds_are_each_caught_at_their_leg_by_the_deadline(
+        stack: Stack, collecting: LocalXsiam) -> None:
+    """Feeds run concurrently, so one run with a different fault per feed checks every leg at once."""
+    with_deadlines(stack, 6)
+    settings = stack.settings
+    stack.client("s3").put_bucket_notification_configuration(  # cloudtrail: notification removed
+        Bucket=settings.s3_feeds["cloudtrail"].bucket, NotificationConfiguration={})
+    iam = stack.client("iam")  # vpc-flow-logs: the reader loses s3:GetObject on its bucket
+    arn = f"arn:aws:iam::{settings.account_id}:policy{settings.reader.path}{settings.reader.policy_name}"
+    policy = iam.get_policy(PolicyArn=arn)["Policy"]
+    document = iam.get_policy_version(PolicyArn=arn, VersionId=policy["DefaultVersionId"])["PolicyVersion"]["Document"]
+    flow_bucket = f"arn:aws:s3:::{settings.s3_feeds['vpc-flow-logs'].bucket}/*"
+    for statement in document["Statement"]:
+        if statement["Sid"] == "SocfeedsReadObjects":
+            statement["Resource"] = [r for r in statement["Resource"] if r != flow_bucket]
+    iam.create_policy_version(PolicyArn=arn, PolicyDocument=json.dumps(document), SetAsDefault=True)
+    eks = settings.firehose_feeds[EKS]  # eks: subscription filter removed
+    stack.client("logs").delete_subscription_filter(logGroupName=eks.log_group, filterName=eks.subscription_filter)
+
+    started = time.monotonic()
+    ok, results = run()
+    elapsed = time.monotonic() - started
+    assert not ok
+    assert (results["cloudtrail"].status, results["cloudtrail"].leg) == ("failed", "collection")
+    assert "within 6 s" in results["cloudtrail"].detail and "verify-feeds" in results["cloudtrail"].fix
+    assert results["vpc-flow-logs"].leg == "collection"
+    assert results[EKS].leg == "delivery" and "no backup" in results[EKS].detail
+    assert results["application-logs"].passed and results["route53-resolver"].passed
+    assert elapsed < 6 + 5, f"failed after {elapsed:.1f} s: deadline 6 s plus Prefect's ~1 s per run"
+
+
+def test_deleted_reader_key_means_xsiam_never_sees_it(stack: Stack, collecting: LocalXsiam) -> None:
+    with_deadlines(stack, 6)
+    iam, user = stack.client("iam"), stack.settings.reader.user_name
+    for key in iam.list_access_keys(UserName=user)["AccessKeyMetadata"]:
+        iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
+    ok, results = run(["route53-resolver"])
+    assert not ok and results["route53-resolver"].leg == "collection"
+
+
+def test_wrong_firehose_token_is_found_in_the_backup(stack: Stack, collecting: LocalXsiam) -> None:
+    with_deadlines(stack, 30)
+    feed = stack.settings.firehose_feeds[EKS]
+    stack.client("secretsmanager").put_secret_value(SecretId=feed.token_secret_name,
+                                                    SecretString=json.dumps({"api_key": "revoked"}))
+    ok, results = run([EKS])
+    assert not ok and results[EKS].leg == "backup"
+    assert f"s3://{feed.error_bucket}/http-endpoint-failed/" in results[EKS].detail
+    assert "403" in results[EKS].detail and "token" in results[EKS].fix
+
+
+def test_stopped_siem_fails_collection_naming_the_api(stack: Stack, collecting: LocalXsiam) -> None:
+    with_deadlines(stack, 5)
+    collecting.stop()
+    ok, results = run(["application-logs"])
+    assert not ok and results["application-logs"].leg == "collection"
+    assert "unreachable" in results["application-logs"].detail
+
+
+# --- the queue strategy (no other consumer: no collector here) --------------------------------
+
+
+def test_queue_strategy_confirms_and_never_touches_other_messages(stack: Stack) -> None:
+    with_deadlines(stack, 30, canary_strategy="queue")
+    provision_feeds(feeds=["application-logs"])
+    sqs = stack.client("sqs")
+    url = queue_url(stack.aws, stack.settings.s3_feeds["application-logs"].queue)
+    sqs.purge_queue(QueueUrl=url)  # S3's test event
+    for batch in range(100):
+        sqs.send_message_batch(QueueUrl=url, Entries=[
+            {"Id": str(n), "MessageBody": json.dumps({"unrelated": batch * 10 + n})} for n in range(10)])
+    ok, results = run(["application-logs"])
+    assert ok, results
+    assert results["application-logs"].strategy == "queue"
+    print(f"canary behind 1000 messages: {results['application-logs'].latency_ms} ms")
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attributes["ApproximateNumberOfMessages"] == "1000"
+    assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
+
+
+def test_queue_strategy_names_the_notification_leg(stack: Stack) -> None:
+    with_deadlines(stack, 5, canary_strategy="queue")
+    provision_feeds(feeds=["cloudtrail", "vpc-flow-logs"])
+    settings = stack.settings
+    stack.client("s3").put_bucket_notification_configuration(
+        Bucket=settings.s3_feeds["cloudtrail"].bucket, NotificationConfiguration={})
+    stack.client("sqs").delete_queue(QueueUrl=queue_url(stack.aws, settings.s3_feeds["vpc-flow-logs"].queue))
+    ok, results = run(["cloudtrail", "vpc-flow-logs"])
+    assert not ok
+    assert results["cloudtrail"].leg == "notification" and "no notification" in results["cloudtrail"].detail
+    assert results["vpc-flow-logs"].leg == "notification" and "does not exist" in results["vpc-flow-logs"].detail
