@@ -210,9 +210,11 @@ def write_settings(values: dict[str, Any], path: Path) -> Path:
 class LocalStack:
     """Everything `make demo` needs, started in order and stopped in reverse, even on Ctrl-C."""
 
-    def __init__(self, state_dir: Path, with_prefect: bool = True) -> None:
+    def __init__(self, state_dir: Path, with_prefect: bool = True, collect: bool = True) -> None:
+        """collect=False leaves the feed queues to the `queue` canary strategy (no other consumer)."""
         self.state_dir = state_dir.resolve()
         self.with_prefect = with_prefect
+        self.collect = collect
         self.aws = LocalAws(self.state_dir)
         self.prefect: LocalPrefect | None = None
         self.xsiam: LocalXsiam | None = None
@@ -225,7 +227,8 @@ class LocalStack:
             self._stack.callback(self.aws.stop)
             self.xsiam = LocalXsiam(self.state_dir, self.aws)  # its URL goes into the settings
             values = local_settings(self.aws, self.state_dir, self.xsiam)
-            self.xsiam.collect(collector_feeds(self.aws, values), reader_secret_id=values["reader"]["secret_name"])
+            if self.collect:
+                self.xsiam.collect(collector_feeds(self.aws, values), reader_secret_id=values["reader"]["secret_name"])
             self.xsiam.start()
             self._stack.callback(self.xsiam.stop)
             self.aws.put_token_secret(values["firehose_feeds"]["eks-control-plane"]["token_secret_name"],
