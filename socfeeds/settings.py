@@ -191,6 +191,20 @@ class CanarySettings(_Strict):
     latency_history: int = Field(30, ge=1, le=500, description="Latencies kept per feed to show drift.")
 
 
+class RotationPolicy(_Strict):
+    """How the reader's access key is rotated (rotate-reader-keys)."""
+
+    max_key_age_days: int = Field(90, ge=1, description="Rotate a key this old.")
+    warn_age_days: int = Field(75, ge=1, description="Warn from this age.")
+    grace_days: float = Field(7, ge=0, description="Delete a deactivated key after this many days.")
+    approval_timeout_seconds: int = Field(86_400, ge=1)
+    approvers: list[str] = Field(default_factory=list, description="Names allowed to approve a rotation.")
+    required_approvals: int = Field(1, ge=1, le=5, description="Distinct approvers needed (2: two-person rule).")
+    require_new_key_in_use: bool = Field(True, description="See XSIAM use the new key before the old is deactivated.")
+    confirm_use_seconds: int = Field(3_600, ge=1, description="How long to wait for XSIAM to use the new key.")
+    new_key_ready_seconds: int = Field(60, ge=1, description="How long a new key may take to start working.")
+
+
 class ReaderSettings(_Strict):
     """The identity XSIAM reads the feeds with."""
 
@@ -285,6 +299,7 @@ class Settings(BaseSettings):
     xsiam: XsiamTenant = XsiamTenant()
     reader: ReaderSettings = ReaderSettings()
     canary: CanarySettings = CanarySettings()
+    rotation: RotationPolicy = RotationPolicy()
     backlog: BacklogThresholds = BacklogThresholds()
     max_concurrency: int = Field(16, ge=1, le=64, description="AWS calls in flight per flow run.")
     xsiam_api_key: SecretStr | None = None

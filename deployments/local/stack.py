@@ -337,9 +337,9 @@ class LocalXsiam:
     def count(self, dataset: str, contains: str) -> int:
         return int(self._call("GET", f"/standin/count?dataset={dataset}&contains={contains}")["count"])
 
-    def reload(self) -> str:
-        """What an operator does after pasting a new key: the collector takes the secret's current key."""
-        return str(self._call("POST", "/standin/reload")["key_id"])
+    def reload(self, stage: str = "AWSCURRENT") -> str:
+        """What an operator does when pasting a key: the collector takes the key in the secret's stage."""
+        return str(self._call("POST", f"/standin/reload?stage={stage}")["key_id"])
 
 
 def bootstrap_reader_key(aws: LocalAws, reader: dict[str, str]) -> str:

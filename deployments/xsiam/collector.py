@@ -68,14 +68,14 @@ class Collector:
 
     # --- credentials -------------------------------------------------------------------------
 
-    def reload(self) -> None:
-        """Take the reader's current credentials (from the secret when one is configured)."""
+    def reload(self, stage: str = "AWSCURRENT") -> None:
+        """Take the reader's credentials from the secret's stage (AWSPENDING: what the SOC pastes mid-rotation)."""
         identity = self.identity
         key_id, secret = identity.access_key_id, identity.secret_access_key
         if identity.secret_id:
             operator = self._make_client(self._session(None, None), "secretsmanager")
             value = json.loads(operator.get_secret_value(SecretId=identity.secret_id,
-                                                         VersionStage="AWSCURRENT")["SecretString"])
+                                                         VersionStage=stage)["SecretString"])
             key_id, secret = value["access_key_id"], value["secret_access_key"]
         if not key_id or not secret:  # never fall back to whatever identity the process has
             raise ValueError("collector: no reader credentials (set reader.secret_id or XSIAM_READER_* env)")

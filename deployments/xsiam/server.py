@@ -77,7 +77,7 @@ def make_handler(app: StandIn) -> type[BaseHTTPRequestHandler]:
             elif path.startswith(XQL_PREFIX):
                 self._xql(path.removeprefix(XQL_PREFIX), body)
             elif path == "/standin/reload" and app.collector:
-                app.collector.reload()
+                app.collector.reload(parse_qs(urlparse(self.path).query).get("stage", ["AWSCURRENT"])[0])
                 self._send(200, {"key_id": app.collector.key_id})
             else:
                 self._send(404, {"error": f"no route {path}"})

@@ -1,0 +1,233 @@
+"""The reader's access-key lifecycle, kept in step with its Secrets Manager secret.
+
+The secret holds {"access_key_id", "secret_access_key"} with the rotation protocol's stages: the
+key XSIAM uses is AWSCURRENT, a new one waits as AWSPENDING until it is approved and seen in use.
+Every step reads the stages first, so a rerun after a crash resumes where it stopped and never
+makes a third key. Only key ids ever leave this module; secret values stay inside the calls.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel, ConfigDict
+
+from socfeeds.aws import AwsClients, absent_on
+from socfeeds.settings import RotationPolicy, Settings
+from tasks._task import aws_task
+from tasks.queues import queue_url
+
+DEACTIVATED_TAG = "socfeeds:deactivated-at:"
+
+
+class KeyInfo(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    key_id: str
+    status: str
+    created: datetime
+    age_days: float
+    last_used: datetime | None
+    last_service: str | None
+
+
+@dataclass(frozen=True)
+class SecretState:
+    exists: bool
+    current_key: str | None = None
+    current_version: str | None = None
+    pending_key: str | None = None
+    pending_version: str | None = None
+    deactivated_at: dict[str, datetime] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    action: str  # nothing | rotate | resume | delete-expired | wait-grace | blocked
+    reason: str
+    delete: tuple[str, ...] = ()
+
+
+class RotationBlocked(RuntimeError):
+    """A state a human must resolve; the message says which keys and what to do."""
+
+
+def _key_id(aws: AwsClients, secret: str, version: str) -> str:
+    value = aws.secrets.get_secret_value(SecretId=secret, VersionId=version)["SecretString"]
+    return str(json.loads(value)["access_key_id"])
+
+
+def read_keys(aws: AwsClients, user: str, now: datetime) -> list[KeyInfo]:
+    keys = []
+    for meta in aws.iam.list_access_keys(UserName=user)["AccessKeyMetadata"]:
+        used = aws.iam.get_access_key_last_used(AccessKeyId=meta["AccessKeyId"])["AccessKeyLastUsed"]
+        keys.append(KeyInfo(key_id=meta["AccessKeyId"], status=meta["Status"], created=meta["CreateDate"],
+                            age_days=(now - meta["CreateDate"]).total_seconds() / 86_400,
+                            last_used=used.get("LastUsedDate"), last_service=used.get("ServiceName")))
+    return sorted(keys, key=lambda k: k.created)
+
+
+def read_secret(aws: AwsClients, secret: str) -> SecretState:
+    described = absent_on({"ResourceNotFoundException"}, aws.secrets.describe_secret, SecretId=secret)
+    if described is None:
+        return SecretState(exists=False)
+    stages: dict[str, str] = {}
+    for version, labels in (described.get("VersionIdsToStages") or {}).items():
+        for label in labels:
+            stages[label] = version
+    tags = {t["Key"]: t["Value"] for t in described.get("Tags", [])}
+    deactivated = {k.removeprefix(DEACTIVATED_TAG): datetime.fromisoformat(v) for k, v in tags.items()
+                   if k.startswith(DEACTIVATED_TAG)}
+    current, pending = stages.get("AWSCURRENT"), stages.get("AWSPENDING")
+    return SecretState(exists=True, current_version=current, pending_version=pending, deactivated_at=deactivated,
+                       current_key=_key_id(aws, secret, current) if current else None,
+                       pending_key=_key_id(aws, secret, pending) if pending else None)
+
+
+def plan_rotation(keys: list[KeyInfo], secret: SecretState, policy: RotationPolicy, now: datetime,
+                  force: bool = False) -> Plan:
+    """What this run should do, from IAM's keys and the secret's stages alone (pure, unit-tested)."""
+    ids = {k.key_id for k in keys}
+    if secret.pending_key and secret.pending_key in ids:
+        return Plan("resume", f"key {secret.pending_key} is pending from an earlier run: resuming")
+    tracked = {secret.current_key, secret.pending_key} - {None}
+    orphans = tuple(k.key_id for k in keys if k.key_id not in tracked and k.status == "Active" and secret.current_key)
+    inactive = [k for k in keys if k.status == "Inactive"]
+    expired = tuple(k.key_id for k in inactive if k.key_id in secret.deactivated_at
+                    and now - secret.deactivated_at[k.key_id] >= timedelta(days=policy.grace_days))
+    if expired:
+        return Plan("delete-expired", f"grace of {policy.grace_days} days passed for {list(expired)}", expired)
+    if len(keys) >= 2 and inactive:
+        waiting = [k.key_id for k in inactive]
+        return Plan("wait-grace", f"old key {waiting} is inactive, deleted after the {policy.grace_days}-day grace")
+    active = [k for k in keys if k.status == "Active"]
+    if len(active) >= 2 and len(orphans) == len(active) - 1 and secret.current_key in ids:
+        return Plan("rotate", f"key {list(orphans)} was created by a crashed run and never handed out: "
+                    "deleting it and starting again", orphans)
+    if len(active) >= 2:
+        raise RotationBlocked(
+            f"{[k.key_id for k in active]} are both active and the secret does not say which one XSIAM uses. "
+            "Fix: ask the SOC which key their data sources hold, store it in the secret as AWSCURRENT, deactivate "
+            "the other, then rerun")
+    if not active:
+        return Plan("rotate", "the reader has no active key")
+    age = active[0].age_days
+    if force or age >= policy.max_key_age_days:
+        return Plan("rotate", f"key {active[0].key_id} is {age:.0f} days old (max {policy.max_key_age_days})"
+                    if not force else "rotation forced")
+    if age >= policy.warn_age_days:
+        return Plan("nothing", f"key {active[0].key_id} is {age:.0f} days old: rotation due at "
+                    f"{policy.max_key_age_days} days")
+    return Plan("nothing", f"key {active[0].key_id} is {age:.0f} days old; nothing due")
+
+
+@aws_task("inspect-reader-keys", per_feed=False, retries=3)
+def inspect_keys(aws: AwsClients, settings: Settings, force: bool) -> tuple[list[KeyInfo], Plan]:
+    now = datetime.now(UTC)
+    keys = read_keys(aws, settings.reader.user_name, now)
+    return keys, plan_rotation(keys, read_secret(aws, settings.reader.secret_name), settings.rotation, now, force)
+
+
+@aws_task("delete-keys", per_feed=False, retries=3)
+def delete_keys(aws: AwsClients, settings: Settings, key_ids: list[str]) -> list[str]:
+    for key_id in key_ids:
+        absent_on({"NoSuchEntity"}, aws.iam.delete_access_key, UserName=settings.reader.user_name, AccessKeyId=key_id)
+        absent_on({"ResourceNotFoundException"}, aws.secrets.untag_resource, SecretId=settings.reader.secret_name,
+                  TagKeys=[DEACTIVATED_TAG + key_id])
+    return key_ids
+
+
+@aws_task("create-pending-key", per_feed=False, retries=3)
+def create_pending_key(aws: AwsClients, settings: Settings) -> str:
+    """A new key stored straight into the secret as AWSPENDING; an existing pending key is reused."""
+    secret_name = settings.reader.secret_name
+    state = read_secret(aws, secret_name)
+    if state.pending_key:
+        return state.pending_key
+    if not state.exists:
+        aws.secrets.create_secret(Name=secret_name, Description="XSIAM reader access key (socfeeds rotation)")
+    key = aws.iam.create_access_key(UserName=settings.reader.user_name)["AccessKey"]
+    value = json.dumps({"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]})
+    aws.secrets.put_secret_value(SecretId=secret_name, SecretString=value, VersionStages=["AWSPENDING"],
+                                 ClientRequestToken=str(uuid.uuid4()))
+    return str(key["AccessKeyId"])
+
+
+def _session_for(aws: AwsClients, settings: Settings, stage: str) -> boto3.session.Session:
+    value = json.loads(aws.secrets.get_secret_value(SecretId=settings.reader.secret_name,
+                                                    VersionStage=stage)["SecretString"])
+    return boto3.session.Session(value["access_key_id"], value["secret_access_key"])
+
+
+@aws_task("try-pending-key", per_feed=False, retries=2)
+def try_pending_key(aws: AwsClients, settings: Settings) -> str:
+    """The new key signs in and may read every feed queue (new keys take seconds to work)."""
+    reader = AwsClients(_session_for(aws, settings, "AWSPENDING"), settings.region, settings.endpoint_url)
+    urls = [url for feed in settings.s3_feeds.values() if (url := queue_url(aws, feed.queue))]
+    deadline, pause, last = time.monotonic() + settings.rotation.new_key_ready_seconds, 0.5, ""
+    while True:
+        try:
+            arn = reader.sts.get_caller_identity()["Arn"]
+            for url in urls:
+                reader.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+            return str(arn)
+        except (ClientError, BotoCoreError) as error:
+            last = str(error)[:300]
+        if time.monotonic() + pause > deadline:
+            raise RuntimeError(f"the new key does not work after {settings.rotation.new_key_ready_seconds} s: {last}")
+        time.sleep(pause)
+        pause = min(pause * 2, 10.0)
+
+
+@aws_task("confirm-key-in-use", per_feed=False)
+def confirm_key_in_use(aws: AwsClients, settings: Settings, key_id: str, since: datetime) -> datetime:
+    """Wait until XSIAM has used the new key against SQS after the approval."""
+    deadline, pause = time.monotonic() + settings.rotation.confirm_use_seconds, 1.0
+    while True:
+        used = aws.iam.get_access_key_last_used(AccessKeyId=key_id)["AccessKeyLastUsed"]
+        when = used.get("LastUsedDate")
+        if when and when >= since - timedelta(seconds=1) and used.get("ServiceName") == "sqs":
+            return when
+        if time.monotonic() + pause > deadline:
+            raise RuntimeError(
+                f"XSIAM has not used key {key_id} against SQS within {settings.rotation.confirm_use_seconds} s "
+                f"(last use: {when or 'never'} {used.get('ServiceName') or ''}). The old key stays active. Fix: "
+                "update every XSIAM Amazon S3 data source with the pending key, then rerun rotate-reader-keys")
+        time.sleep(pause)
+        pause = min(pause * 2, 30.0)
+
+
+@aws_task("finish-rotation", per_feed=False, retries=3)
+def finish_rotation(aws: AwsClients, settings: Settings, new_key: str) -> str | None:
+    """Promote the pending version, then deactivate the old key (deleted after the grace period)."""
+    secret_name = settings.reader.secret_name
+    state = read_secret(aws, secret_name)
+    old = state.current_key if state.current_key != new_key else None
+    if state.pending_key == new_key and state.pending_version:
+        move: dict[str, Any] = {"RemoveFromVersionId": state.current_version} if state.current_version else {}
+        aws.secrets.update_secret_version_stage(SecretId=secret_name, VersionStage="AWSCURRENT",
+                                                MoveToVersionId=state.pending_version, **move)
+        aws.secrets.update_secret_version_stage(SecretId=secret_name, VersionStage="AWSPENDING",
+                                                RemoveFromVersionId=state.pending_version)
+    if old:
+        aws.iam.update_access_key(UserName=settings.reader.user_name, AccessKeyId=old, Status="Inactive")
+        aws.secrets.tag_resource(SecretId=secret_name, Tags=[
+            {"Key": DEACTIVATED_TAG + old, "Value": datetime.now(UTC).isoformat()}])
+    return old
+
+
+@aws_task("roll-back-rotation", per_feed=False, retries=3)
+def roll_back(aws: AwsClients, settings: Settings, new_key: str) -> None:
+    """Undo a rotation before promotion: the new key is deleted and the old one keeps working."""
+    state = read_secret(aws, settings.reader.secret_name)
+    if state.pending_version:
+        aws.secrets.update_secret_version_stage(SecretId=settings.reader.secret_name, VersionStage="AWSPENDING",
+                                                RemoveFromVersionId=state.pending_version)
+    absent_on({"NoSuchEntity"}, aws.iam.delete_access_key, UserName=settings.reader.user_name, AccessKeyId=new_key)
