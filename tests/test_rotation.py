@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from conftest import Stack
@@ -155,8 +156,10 @@ def test_rotation_end_to_end_loses_no_message(stack: Stack, reader: LocalXsiam,
     assert state.is_completed(), state
     assert keys_of(stack) == {old_key: "Inactive", new_key: "Active"}
     assert read_secret(stack.aws, settings.reader.secret_name).current_key == new_key
-    collected = lambda: {e["raw"]["log"] for e in reader.events("amazon_aws_raw")}  # noqa: E731
-    eventually("every object written during the rotation collected", lambda: set(written) <= collected())
+    def all_collected() -> bool:
+        return set(written) <= {e["raw"]["log"] for e in reader.events("amazon_aws_raw")}
+
+    eventually("every object written during the rotation collected", all_collected)
     assert [f for f in reader.failures() if f["kind"] == "auth"] == []
     secret = json.loads(stack.client("secretsmanager").get_secret_value(
         SecretId=settings.reader.secret_name)["SecretString"])["secret_access_key"]
@@ -174,7 +177,7 @@ def test_reject_rolls_back(stack: Stack, reader: LocalXsiam) -> None:
     run_id = rotation.paused_run_id()
     from prefect.flow_runs import resume_flow_run
 
-    resume_flow_run(run_id, run_input={"approved": False, "approver": "bob", "reason": "not today"})
+    resume_flow_run(UUID(run_id), run_input={"approved": False, "approver": "bob", "reason": "not today"})
     state = rotation.finish()
     assert state.is_failed() and "rejected by bob: not today" in str(state.result(raise_on_failure=False))
     assert keys_of(stack) == {old_key: "Active"}
@@ -201,7 +204,7 @@ def test_a_crash_after_creating_the_key_resumes_without_a_third_key(stack: Stack
     reader.reload("AWSPENDING")
     from prefect.flow_runs import resume_flow_run
 
-    resume_flow_run(run_id, run_input={"approved": True, "approver": "alice"})
+    resume_flow_run(UUID(run_id), run_input={"approved": True, "approver": "alice"})
     assert rotation.finish().is_completed()
     assert keys_of(stack) == {old_key: "Inactive", pending: "Active"}
 
