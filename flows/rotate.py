@@ -22,6 +22,7 @@ from tasks.keys import (
     inspect_keys,
     roll_back,
     try_pending_key,
+    user_keys,
 )
 
 
@@ -79,6 +80,17 @@ def _approve(settings: Settings, new_key: str) -> list[str]:
     return approvers
 
 
+def _keyless(settings: Settings, keys: list[KeyInfo]) -> str:
+    """Role mode: XSIAM assumes a role, there is no key to rotate; leftover user keys are a risk."""
+    lines = [f"nothing to rotate: XSIAM assumes role {settings.reader.role_name} (keyless)"]
+    if keys:
+        lines.append(f"WARNING: user {settings.reader.user_name} still holds keys {[k.key_id for k in keys]}; "
+                     "the role is available: once every XSIAM data source uses it, delete these keys")
+        get_run_logger().warning(lines[-1])
+    _report(settings, keys, lines)
+    return "keyless"
+
+
 @flow(name="rotate-reader-keys")
 def rotate_reader_keys(dry_run: bool = False, force: bool = False) -> str:
     """Rotate the XSIAM reader's access key when due: create, test, approve, confirm use, finish.
@@ -95,6 +107,8 @@ def rotate_reader_keys(dry_run: bool = False, force: bool = False) -> str:
 
     run = start_run(None)
     settings, aws, logger = run.settings, run.aws, get_run_logger()
+    if settings.reader.mode == "role":
+        return _keyless(settings, user_keys(aws, settings))
     keys, plan = inspect_keys(aws, settings, force)
     lines = [f"plan: {plan.action} ({plan.reason})"]
     _event(settings, "inspected", action=plan.action, reason=plan.reason)

@@ -211,6 +211,12 @@ def reader_policy(settings: Settings) -> Document:
     return document(statements)
 
 
+def reader_role_trust(trusted_account: str, external_id: str) -> Document:
+    """Only Palo Alto's account, and only with this tenant's external id (the confused-deputy guard)."""
+    return document([{"Effect": "Allow", "Principal": {"AWS": f"arn:aws:iam::{trusted_account}:root"},
+                      "Action": "sts:AssumeRole", "Condition": {"StringEquals": {"sts:ExternalId": external_id}}}])
+
+
 @dataclass
 class GrantReview:
     """How a principal's Allow statements compare with the grants it should have."""

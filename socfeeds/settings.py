@@ -206,9 +206,13 @@ class RotationPolicy(_Strict):
 
 
 class ReaderSettings(_Strict):
-    """The identity XSIAM reads the feeds with."""
+    """The identity XSIAM reads the feeds with: an IAM user with access keys, or (keyless) a role."""
 
-    mode: Literal["user"] = "user"
+    mode: Literal["user", "role"] = "user"
+    role_name: str = Field("cortex-xsiam-reader", pattern=r"^[\w+=,.@-]{1,64}$")
+    trusted_account: str = Field("006742885340", pattern=r"^\d{12}$", description="Palo Alto's AWS account.")
+    external_id_parameter: str = Field("/socfeeds/xsiam-external-id", pattern=r"^/[A-Za-z0-9/_.-]{1,1010}$",
+                                       description="SSM SecureString holding XSIAM's external id.")
     user_name: str = Field("cortex_xsiam_user", pattern=_IAM_NAME_RE.pattern)
     path: str = Field("/cloud-platform/soc/", pattern=_IAM_PATH_RE.pattern, max_length=512)
     policy_name: str = Field("socfeeds-xsiam-reader", pattern=r"^[\w+=,.@-]{1,128}$")

@@ -128,6 +128,14 @@ def plan_rotation(keys: list[KeyInfo], secret: SecretState, policy: RotationPoli
     return Plan("nothing", f"key {active[0].key_id} is {age:.0f} days old; nothing due")
 
 
+@aws_task("list-user-keys", per_feed=False, retries=3)
+def user_keys(aws: AwsClients, settings: Settings) -> list[KeyInfo]:
+    """The reader user's keys, if the user exists at all."""
+    if absent_on({"NoSuchEntity"}, aws.iam.get_user, UserName=settings.reader.user_name) is None:
+        return []
+    return read_keys(aws, settings.reader.user_name, datetime.now(UTC))
+
+
 @aws_task("inspect-reader-keys", per_feed=False, retries=3)
 def inspect_keys(aws: AwsClients, settings: Settings, force: bool) -> tuple[list[KeyInfo], Plan]:
     now = datetime.now(UTC)

@@ -6,6 +6,7 @@ No access key is made here; keys belong to the rotation flow and live only in Se
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from socfeeds import policies
 from socfeeds.arns import Arns
@@ -13,7 +14,8 @@ from socfeeds.aws import AwsClients, absent_on
 from socfeeds.report import Change, ChangesFor, Finding, FindingsFor
 from socfeeds.settings import Settings
 from tasks._task import aws_task
-from tasks.iam import default_document, granted_statements
+from tasks.iam import default_document, document_of, granted_statements
+from tasks.roles import ensure_role
 
 IAM_MAX_POLICY_VERSIONS = 5
 READER = "reader"
@@ -31,17 +33,42 @@ def _make_room_for_a_version(aws: AwsClients, policy_arn: str) -> None:
         aws.iam.delete_policy_version(PolicyArn=policy_arn, VersionId=old[0]["VersionId"])
 
 
+class MissingExternalId(RuntimeError):
+    """Role mode needs XSIAM's external id in SSM; only a person holding it can store it."""
+
+
+def external_id(aws: AwsClients, settings: Settings) -> str:
+    name = settings.reader.external_id_parameter
+    answer = absent_on({"ParameterNotFound"}, aws.ssm.get_parameter, Name=name, WithDecryption=True)
+    if answer is None:
+        raise MissingExternalId(f"SSM parameter {name} does not exist. Fix: copy the external id from XSIAM's "
+                                f"Amazon S3 data source (assumed role) page: aws ssm put-parameter --name {name} "
+                                "--type SecureString --value <external id>, then rerun provision-feeds")
+    return str(answer["Parameter"]["Value"])
+
+
+def _principal(settings: Settings) -> tuple[Literal["user", "role"], str]:
+    reader = settings.reader
+    return ("role", reader.role_name) if reader.mode == "role" else ("user", reader.user_name)
+
+
 @aws_task("ensure-reader", per_feed=False)
 def ensure_reader(aws: AwsClients, settings: Settings, dry_run: bool) -> list[Change]:
     reader = settings.reader
-    changes = ChangesFor(READER, f"iam-user:{reader.user_name}", dry_run)
+    kind, name = _principal(settings)
+    changes = ChangesFor(READER, f"iam-{kind}:{name}", dry_run)
     wanted = policies.reader_policy(settings)
     policy_arn = _policy_arn(settings)
 
-    user_exists = absent_on({"NoSuchEntity"}, aws.iam.get_user, UserName=reader.user_name) is not None
-    if not user_exists:
-        changes.make("create user", f"{reader.path}{reader.user_name} (no access key: rotation makes those)",
-                     lambda: aws.iam.create_user(UserName=reader.user_name, Path=reader.path))
+    if kind == "role":
+        trust = policies.reader_role_trust(reader.trusted_account, external_id(aws, settings))
+        ensure_role(aws, changes, name, trust, None, "XSIAM reads the feeds (keyless)")
+        principal_exists = absent_on({"NoSuchEntity"}, aws.iam.get_role, RoleName=name) is not None
+    else:
+        principal_exists = absent_on({"NoSuchEntity"}, aws.iam.get_user, UserName=name) is not None
+        if not principal_exists:
+            changes.make("create user", f"{reader.path}{name} (no access key: rotation makes those)",
+                         lambda: aws.iam.create_user(UserName=name, Path=reader.path))
 
     policy = absent_on({"NoSuchEntity"}, aws.iam.get_policy, PolicyArn=policy_arn)
     if policy is None:
@@ -56,29 +83,49 @@ def ensure_reader(aws: AwsClients, settings: Settings, dry_run: bool) -> list[Ch
 
         changes.make("update policy", f"{reader.policy_name}: new default version for the current feeds", new_version)
 
-    attached = [p["PolicyArn"] for p in aws.iam.list_attached_user_policies(
-        UserName=reader.user_name)["AttachedPolicies"]] if user_exists or not dry_run else []
+    attached = _attached(aws, kind, name) if principal_exists or not dry_run else []
     if policy_arn not in attached:
-        changes.make("attach policy", f"{reader.policy_name} to {reader.user_name}",
-                     lambda: aws.iam.attach_user_policy(UserName=reader.user_name, PolicyArn=policy_arn))
+        def attach() -> None:
+            if kind == "role":
+                aws.iam.attach_role_policy(RoleName=name, PolicyArn=policy_arn)
+            else:
+                aws.iam.attach_user_policy(UserName=name, PolicyArn=policy_arn)
+
+        changes.make("attach policy", f"{reader.policy_name} to {kind} {name}", attach)
     return changes.changes
+
+
+def _attached(aws: AwsClients, kind: str, name: str) -> list[str]:
+    if kind == "role":
+        return [p["PolicyArn"] for p in aws.iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]]
+    return [p["PolicyArn"] for p in aws.iam.list_attached_user_policies(UserName=name)["AttachedPolicies"]]
 
 
 @aws_task("check-reader", per_feed=False)
 def check_reader(aws: AwsClients, settings: Settings) -> list[Finding]:
     reader = settings.reader
-    check = FindingsFor(READER, f"iam-user:{reader.user_name}")
+    kind, name = _principal(settings)
+    check = FindingsFor(READER, f"iam-{kind}:{name}")
     fix = "run provision-feeds"
-    user = absent_on({"NoSuchEntity"}, aws.iam.get_user, UserName=reader.user_name)
-    if not check.expect("exists", user is not None, f"{reader.path}{reader.user_name}",
-                        f"reader user missing: {fix}"):
-        return check.findings
-    review = policies.review_grants(granted_statements(aws, "user", reader.user_name), policies.reader_policy(settings))
+    if kind == "role":
+        role = absent_on({"NoSuchEntity"}, aws.iam.get_role, RoleName=name)
+        if not check.expect("exists", role is not None, name, f"reader role missing: {fix}"):
+            return check.findings
+        assert role is not None
+        trust = policies.reader_role_trust(reader.trusted_account, external_id(aws, settings))
+        same = policies.canonical(document_of(role["Role"]["AssumeRolePolicyDocument"])) == policies.canonical(trust)
+        check.expect("trust", same, f"only {reader.trusted_account} with the external id" if same else
+                     "trust differs: it must allow only Palo Alto's account with the external id", fix)
+    else:
+        user = absent_on({"NoSuchEntity"}, aws.iam.get_user, UserName=name)
+        if not check.expect("exists", user is not None, f"{reader.path}{name}", f"reader user missing: {fix}"):
+            return check.findings
+    review = policies.review_grants(granted_statements(aws, kind, name), policies.reader_policy(settings))
     check.expect("grants needed", not review.missing,
                  f"missing: {'; '.join(review.missing)}" if review.missing else "XSIAM can read every feed",
                  f"{fix} (updates {reader.policy_name})")
     check.expect("least privilege", not review.excess,
                  "; ".join(review.excess) if review.excess else "nothing beyond what XSIAM needs",
-                 f"remove the extra grants from {reader.user_name}'s policies; {reader.policy_name} is rewritten "
+                 f"remove the extra grants from {name}'s policies; {reader.policy_name} is rewritten "
                  "by provision-feeds")
     return check.findings

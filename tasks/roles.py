@@ -13,7 +13,8 @@ INLINE_POLICY = "socfeeds"
 
 
 def ensure_role(aws: AwsClients, changes: ChangesFor, name: str, trust: policies.Document,
-                permissions: policies.Document, purpose: str) -> None:
+                permissions: policies.Document | None, purpose: str) -> None:
+    """Permissions None: the role's grants come from an attached managed policy instead."""
     role = absent_on({"NoSuchEntity"}, aws.iam.get_role, RoleName=name)
     if role is None:
         changes.make("create role", f"{name}: {purpose}", lambda: aws.iam.create_role(
@@ -21,6 +22,8 @@ def ensure_role(aws: AwsClients, changes: ChangesFor, name: str, trust: policies
     elif policies.canonical(document_of(role["Role"]["AssumeRolePolicyDocument"])) != policies.canonical(trust):
         changes.make("set role trust", name, lambda: aws.iam.update_assume_role_policy(
             RoleName=name, PolicyDocument=json.dumps(trust)))
+    if permissions is None:
+        return
     current = absent_on({"NoSuchEntity"}, aws.iam.get_role_policy, RoleName=name,
                         PolicyName=INLINE_POLICY) if role else None
     if current is None or policies.canonical(document_of(current["PolicyDocument"])) != policies.canonical(permissions):
@@ -38,7 +41,7 @@ def check_role(aws: AwsClients, check: FindingsFor, name: str, trust: policies.D
     assert role is not None
     same_trust = policies.canonical(document_of(role["Role"]["AssumeRolePolicyDocument"])) == policies.canonical(trust)
     check.expect(f"role {name} trust", same_trust, "trust as declared" if same_trust else
-                 f"trust differs: {json.dumps(document_of(role['Role']['AssumeRolePolicyDocument']))}", fix)
+                 "trust policy differs from the declared one (principals or conditions)", fix)
     review = policies.review_grants(granted_statements(aws, "role", name), permissions)
     problems = [f"missing {m}" for m in review.missing] + review.excess
     check.expect(f"role {name} permissions", not problems, "; ".join(problems) or "exactly as declared", fix)

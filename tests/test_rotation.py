@@ -214,3 +214,40 @@ def test_dry_run_and_not_due_change_nothing(stack: Stack, reader: LocalXsiam) ->
     assert rotate_reader_keys(dry_run=True, force=True) == "rotate"
     assert rotate_reader_keys() == "nothing"
     assert keys_of(stack) == before
+
+
+# --- keyless: XSIAM assumes a role -------------------------------------------------------------
+
+
+def test_role_mode_is_provisioned_verified_and_has_nothing_to_rotate(stack: Stack) -> None:
+    from flows.verify import verify_feeds
+    from tasks.reader import MissingExternalId, check_reader, ensure_reader
+
+    stack.update(reader={**stack.values["reader"], "mode": "role", "role_name": stack.values["reader"]["user_name"]
+                         .replace("_", "-") + "-role", "external_id_parameter": "/" + stack.values["reader"]
+                         ["user_name"] + "/external-id"})
+    settings = stack.settings
+    with pytest.raises(MissingExternalId, match="aws ssm put-parameter --name"):
+        ensure_reader.fn(stack.aws, settings, False)
+    stack.client("ssm").put_parameter(Name=settings.reader.external_id_parameter, Type="SecureString",
+                                      Value="tenant-external-id-123")
+    provision_feeds(feeds=["application-logs"])
+    role = stack.client("iam").get_role(RoleName=settings.reader.role_name)["Role"]
+    [statement] = role["AssumeRolePolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"AWS": "arn:aws:iam::006742885340:root"}
+    assert statement["Condition"] == {"StringEquals": {"sts:ExternalId": "tenant-external-id-123"}}
+    reader_findings = [f for f in verify_feeds(feeds=["application-logs"]) if f.feed == "reader"]
+    assert reader_findings and all(f.status == "pass" for f in reader_findings)
+    assert "tenant-external-id-123" not in repr(reader_findings)
+
+    no_external_id = {"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::006742885340:root"},
+                      "Action": "sts:AssumeRole"}
+    stack.client("iam").update_assume_role_policy(RoleName=settings.reader.role_name, PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [no_external_id]}))
+    trust = [f for f in check_reader.fn(stack.aws, settings) if f.check == "trust"]
+    assert [f.status for f in trust] == ["fail"]
+
+    iam = stack.client("iam")  # the old user still holds a key: the rotation says so
+    iam.create_user(UserName=settings.reader.user_name)
+    iam.create_access_key(UserName=settings.reader.user_name)
+    assert rotate_reader_keys() == "keyless"
