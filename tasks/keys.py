@@ -197,7 +197,7 @@ def try_pending_key(aws: AwsClients, settings: Settings) -> str:
 @aws_task("confirm-key-in-use", per_feed=False)
 def confirm_key_in_use(aws: AwsClients, settings: Settings, key_id: str, since: datetime) -> datetime:
     """Wait until XSIAM has used the new key against SQS after the approval."""
-    deadline, pause = time.monotonic() + settings.rotation.confirm_use_seconds, 1.0
+    deadline, pause = time.monotonic() + settings.rotation.confirm_use_seconds, 0.25
     while True:
         used = aws.iam.get_access_key_last_used(AccessKeyId=key_id)["AccessKeyLastUsed"]
         when = used.get("LastUsedDate")
@@ -209,7 +209,7 @@ def confirm_key_in_use(aws: AwsClients, settings: Settings, key_id: str, since: 
                 f"(last use: {when or 'never'} {used.get('ServiceName') or ''}). The old key stays active. Fix: "
                 "update every XSIAM Amazon S3 data source with the pending key, then rerun rotate-reader-keys")
         time.sleep(pause)
-        pause = min(pause * 2, 30.0)
+        pause = min(pause * 1.5, 30.0)
 
 
 @aws_task("finish-rotation", per_feed=False, retries=3)
