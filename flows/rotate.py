@@ -17,6 +17,7 @@ from tasks.keys import (
     KeyInfo,
     confirm_key_in_use,
     create_pending_key,
+    current_key,
     delete_keys,
     finish_rotation,
     inspect_keys,
@@ -66,7 +67,8 @@ def _approve(settings: Settings, new_key: str) -> list[str]:
         attempt += 1  # each pause needs its own input key, or a refused answer would be read again
         logger.info("waiting for approval %d of %d: %s", len(approvers) + 1, policy.required_approvals, steps)
         answer = pause_flow_run(wait_for_input=Approval.with_initial_data(description=steps, approved=True),
-                                timeout=policy.approval_timeout_seconds, key=f"approval-{attempt}-{new_key.lower()}")
+                                timeout=policy.approval_timeout_seconds, poll_interval=policy.approval_poll_seconds,
+                                key=f"approval-{attempt}-{new_key.lower()}")
         if answer.approver not in policy.approvers:
             logger.warning("refused: %r is not in rotation.approvers; still waiting", answer.approver)
             continue
@@ -121,6 +123,13 @@ def rotate_reader_keys(dry_run: bool = False, force: bool = False) -> str:
         _event(settings, "deleted", keys=list(plan.delete))
     if plan.action == "delete-expired":
         _report(settings, keys, lines)
+        return plan.action
+    if plan.action == "finish":  # a crash after promotion: approval and use were already confirmed
+        new_key = current_key(aws, settings)
+        assert new_key is not None  # the plan saw it
+        old = finish_rotation(aws, settings, new_key)
+        _event(settings, "finished", deactivated=old)
+        _report(settings, keys, [*lines, f"old key {old} deactivated"])
         return plan.action
 
     new_key = create_pending_key(aws, settings)

@@ -198,6 +198,7 @@ class RotationPolicy(_Strict):
     warn_age_days: int = Field(75, ge=1, description="Warn from this age.")
     grace_days: float = Field(7, ge=0, description="Delete a deactivated key after this many days.")
     approval_timeout_seconds: int = Field(86_400, ge=1)
+    approval_poll_seconds: int = Field(10, ge=1, le=300, description="How often a paused run looks for the answer.")
     approvers: list[str] = Field(default_factory=list, description="Names allowed to approve a rotation.")
     required_approvals: int = Field(1, ge=1, le=5, description="Distinct approvers needed (2: two-person rule).")
     require_new_key_in_use: bool = Field(True, description="See XSIAM use the new key before the old is deactivated.")

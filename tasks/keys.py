@@ -45,12 +45,13 @@ class SecretState:
     current_version: str | None = None
     pending_key: str | None = None
     pending_version: str | None = None
+    previous_key: str | None = None
     deactivated_at: dict[str, datetime] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Plan:
-    action: str  # nothing | rotate | resume | delete-expired | wait-grace | blocked
+    action: str  # nothing | rotate | resume | finish | delete-expired | wait-grace
     reason: str
     delete: tuple[str, ...] = ()
 
@@ -85,10 +86,11 @@ def read_secret(aws: AwsClients, secret: str) -> SecretState:
     tags = {t["Key"]: t["Value"] for t in described.get("Tags", [])}
     deactivated = {k.removeprefix(DEACTIVATED_TAG): datetime.fromisoformat(v) for k, v in tags.items()
                    if k.startswith(DEACTIVATED_TAG)}
-    current, pending = stages.get("AWSCURRENT"), stages.get("AWSPENDING")
+    current, pending, previous = stages.get("AWSCURRENT"), stages.get("AWSPENDING"), stages.get("AWSPREVIOUS")
     return SecretState(exists=True, current_version=current, pending_version=pending, deactivated_at=deactivated,
                        current_key=_key_id(aws, secret, current) if current else None,
-                       pending_key=_key_id(aws, secret, pending) if pending else None)
+                       pending_key=_key_id(aws, secret, pending) if pending else None,
+                       previous_key=_key_id(aws, secret, previous) if previous else None)
 
 
 def plan_rotation(keys: list[KeyInfo], secret: SecretState, policy: RotationPolicy, now: datetime,
@@ -97,6 +99,10 @@ def plan_rotation(keys: list[KeyInfo], secret: SecretState, policy: RotationPoli
     ids = {k.key_id for k in keys}
     if secret.pending_key and secret.pending_key in ids:
         return Plan("resume", f"key {secret.pending_key} is pending from an earlier run: resuming")
+    previous = next((k for k in keys if k.key_id == secret.previous_key and k.status == "Active"), None)
+    if previous and secret.current_key in ids:
+        return Plan("finish", f"the secret already holds the new key {secret.current_key} but the previous key "
+                    f"{previous.key_id} is still active: finishing (deactivating it)")
     tracked = {secret.current_key, secret.pending_key} - {None}
     orphans = tuple(k.key_id for k in keys if k.key_id not in tracked and k.status == "Active" and secret.current_key)
     inactive = [k for k in keys if k.status == "Inactive"]
@@ -126,6 +132,10 @@ def plan_rotation(keys: list[KeyInfo], secret: SecretState, policy: RotationPoli
         return Plan("nothing", f"key {active[0].key_id} is {age:.0f} days old: rotation due at "
                     f"{policy.max_key_age_days} days")
     return Plan("nothing", f"key {active[0].key_id} is {age:.0f} days old; nothing due")
+
+
+def current_key(aws: AwsClients, settings: Settings) -> str | None:
+    return read_secret(aws, settings.reader.secret_name).current_key
 
 
 @aws_task("list-user-keys", per_feed=False, retries=3)
@@ -217,7 +227,7 @@ def finish_rotation(aws: AwsClients, settings: Settings, new_key: str) -> str | 
     """Promote the pending version, then deactivate the old key (deleted after the grace period)."""
     secret_name = settings.reader.secret_name
     state = read_secret(aws, secret_name)
-    old = state.current_key if state.current_key != new_key else None
+    old = state.current_key if state.current_key != new_key else state.previous_key
     if state.pending_key == new_key and state.pending_version:
         move: dict[str, Any] = {"RemoveFromVersionId": state.current_version} if state.current_version else {}
         aws.secrets.update_secret_version_stage(SecretId=secret_name, VersionStage="AWSCURRENT",

@@ -72,7 +72,7 @@ def reader(stack: Stack, tmp_path: Path) -> Iterator[LocalXsiam]:
     feeds = [f for f in collector_feeds(stack.local, stack.values) if f["name"] == "application-logs"]
     xsiam.collect(feeds, reader_secret_id=stack.settings.reader.secret_name)
     xsiam.start()
-    stack.update(rotation={"approvers": ["alice", "bob"], "approval_timeout_seconds": 60,
+    stack.update(rotation={"approvers": ["alice", "bob"], "approval_timeout_seconds": 60, "approval_poll_seconds": 1,
                            "confirm_use_seconds": 30, "new_key_ready_seconds": 20})
     yield xsiam
     xsiam.stop()
@@ -251,3 +251,20 @@ def test_role_mode_is_provisioned_verified_and_has_nothing_to_rotate(stack: Stac
     iam.create_user(UserName=settings.reader.user_name)
     iam.create_access_key(UserName=settings.reader.user_name)
     assert rotate_reader_keys() == "keyless"
+
+
+def test_a_crash_between_promotion_and_deactivation_is_finished_by_the_rerun(stack: Stack, reader: LocalXsiam) -> None:
+    from tasks.keys import create_pending_key
+
+    [old_key] = keys_of(stack)
+    new_key = create_pending_key.fn(stack.aws, stack.settings)
+    state = read_secret(stack.aws, stack.settings.reader.secret_name)
+    secrets = stack.client("secretsmanager")  # the promotion happened, then the worker died
+    name = stack.settings.reader.secret_name
+    secrets.update_secret_version_stage(SecretId=name, VersionStage="AWSCURRENT", MoveToVersionId=state.pending_version,
+                                        RemoveFromVersionId=state.current_version)
+    secrets.update_secret_version_stage(SecretId=name, VersionStage="AWSPENDING",
+                                        RemoveFromVersionId=state.pending_version)
+    assert rotate_reader_keys() == "finish"
+    assert keys_of(stack) == {old_key: "Inactive", new_key: "Active"}
+    assert rotate_reader_keys() == "wait-grace"
