@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(PY) -m deployments.local.demo
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 3  # tests mostly wait on servers: 3 workers on 2 cores halve the wall time
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
