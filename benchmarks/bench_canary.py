@@ -75,7 +75,7 @@ def main() -> None:
         eks = statistics.median(feed_canary(feeds=["eks-control-plane"])[0].latency_ms or 0 for _ in range(ROUNDS))
         fixed = statistics.median(_timed(empty) for _ in range(3))
         walls, slowest = [], []
-        for _ in range(3):
+        for _ in range(5):
             start = time.perf_counter()
             results = feed_canary()
             walls.append(time.perf_counter() - start)
@@ -88,9 +88,10 @@ def main() -> None:
     print(f"{'eks-control-plane':<18} {eks:>10.0f} {'-':>8} {'(siem)':>12}")
     overheads = [canary - bare for _, canary, bare in rows]
     print(f"median overhead per S3 feed: {statistics.median(overheads):.0f} ms (target <= 100)")
-    wall, slow = statistics.median(walls), statistics.median(slowest)
-    print(f"five-feed run {wall:.2f} s; slowest feed {slow:.2f} s + Prefect fixed cost {fixed:.2f} s; "
-          f"ratio {wall / (slow + fixed):.2f} (target <= 1.3)")
+    wall, best, slow = statistics.median(walls), min(walls), statistics.median(slowest)
+    print(f"five-feed run median {wall:.2f} s, best {best:.2f} s; slowest feed {slow:.2f} s + Prefect fixed "
+          f"cost {fixed:.2f} s; ratio median {wall / (slow + fixed):.2f}, best {best / (slow + fixed):.2f} "
+          "(target <= 1.3)")
 
 
 def _timed(call: Any) -> float:
