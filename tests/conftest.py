@@ -128,3 +128,20 @@ def stack(local_aws: LocalAws, standin: LocalXsiam, prefect_server: None, tmp_pa
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("SOCFEEDS_XSIAM_API_KEY", standin.api_key)
     return Stack(local_aws, standin, values, settings_file)
+
+
+def prefect_events(prefix: str) -> list[dict[str, Any]]:
+    """Events this session emitted whose name starts with prefix (after the emitter has flushed)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all(timeout=5)
+    events: list[dict[str, Any]] = []
+    with get_client(sync_client=True) as client:
+        page = client.read_events(filter=EventFilter(event=EventNameFilter(prefix=[prefix])), limit=50)
+        while True:
+            events += [event.model_dump(mode="json") for event in page.events]
+            if not page.next_page:
+                return events
+            page = client.read_events_page(str(page.next_page))

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Stack
+from conftest import Stack, prefect_events
+from test_xsiam_standin import eventually
 
 from deployments.local.stack import LocalXsiam, bootstrap_reader_key, collector_feeds
 from flows.canary import LATENCY_VARIABLE, CanaryFailed, feed_canary
@@ -69,6 +70,9 @@ def test_every_feed_passes_and_leaves_nothing_behind(stack: Stack, collecting: L
 
     history = Variable.get(LATENCY_VARIABLE)
     assert isinstance(history, dict) and all(history[name] for name in results)
+    passed = eventually("canary events", lambda: {e["resource"]["prefect.resource.name"] for e in
+                                                   prefect_events("socfeeds.canary.passed")} >= set(results) or None)
+    assert passed
     canaries = [e for e in collecting.events() if "socfeeds-canary" in json.dumps(e["raw"])]
     assert {e["dataset"] for e in canaries} == {"aws_s3_raw", "amazon_route53_raw", "amazon_aws_raw", "amazon_eks_raw"}
 

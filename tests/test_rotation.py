@@ -14,7 +14,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from conftest import Stack
+from conftest import Stack, prefect_events
 from test_xsiam_standin import eventually
 
 from deployments.local.stack import LocalXsiam, bootstrap_reader_key, collector_feeds
@@ -169,6 +169,11 @@ def test_rotation_end_to_end_loses_no_message(stack: Stack, reader: LocalXsiam,
         artifacts = json.dumps([a.data for a in client.read_artifacts()], default=str)
     assert secret not in prefect_logs.text and secret not in artifacts and secret not in repr(state)
     assert new_key in artifacts and "alice" in artifacts
+    steps = {"socfeeds.rotation.created", "socfeeds.rotation.tested", "socfeeds.rotation.approved",
+             "socfeeds.rotation.finished"}
+    eventually("an event for every rotation step", lambda: steps <= {
+        e["event"] for e in prefect_events("socfeeds.rotation.") if e["payload"].get("key") == new_key})
+    assert secret not in json.dumps(prefect_events("socfeeds."))
 
 
 def test_reject_rolls_back(stack: Stack, reader: LocalXsiam) -> None:
