@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
 import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from deployments.local.processes import (
 from socfeeds.settings import SETTINGS_FILE_ENV, default_s3_feeds
 
 ACCOUNT_ID = "123456789012"  # moto's default account
+REPO_ROOT = Path(__file__).resolve().parents[2]
 REGION = "eu-west-2"
 ADMIN_USER = "socfeeds-admin"
 PLATFORM_VPC_CIDR = "172.20.0.0/16"
@@ -68,8 +70,6 @@ class LocalAws:
         self.subnet_ids: list[str] = []
 
     def start(self) -> LocalAws:
-        import subprocess
-
         self.process.start(stdout=subprocess.PIPE)
         port = int(self.process.read_ready_line(deadline_s=60)["port"])
         self.endpoint_url = f"http://127.0.0.1:{port}"
@@ -155,6 +155,36 @@ class LocalPrefect:
 
     def stop(self) -> None:
         self.process.stop()
+
+    def deploy(self, env: dict[str, str], pool: str = "socfeeds") -> None:
+        """Create the process work pool and deploy prefect.yaml; pushes no code (workers run this checkout)."""
+        full_env = {**os.environ, **env, "SOCFEEDS_HOME": str(REPO_ROOT)}
+        for argv in (["work-pool", "create", pool, "--type", "process", "--overwrite"], ["deploy", "--all"]):
+            answer = subprocess.run(python_module("prefect", "--no-prompt", *argv), cwd=REPO_ROOT, env=full_env,
+                                    capture_output=True, text=True, timeout=300, check=False)
+            if answer.returncode != 0:
+                raise StackError(f"prefect {' '.join(argv)} failed: {answer.stdout[-2000:]}{answer.stderr[-2000:]}")
+
+    def start_worker(self, env: dict[str, str], log_dir: Path, pool: str = "socfeeds") -> ManagedProcess:
+        """A process worker polling every second, so a CLI-triggered run starts promptly."""
+        worker = ManagedProcess(
+            "prefect worker", python_module("prefect", "worker", "start", "--pool", pool, "--type", "process",
+                                            "--install-policy", "never"),
+            log_dir / "prefect-worker.log",
+            env={**env, "SOCFEEDS_HOME": str(REPO_ROOT), "PREFECT_WORKER_QUERY_SECONDS": "1",
+                 "PREFECT_WORKER_PREFETCH_SECONDS": "1"})
+        worker.start()
+        return worker
+
+
+def run_deployment(name: str, env: dict[str, str], parameters: dict[str, Any] | None = None,
+                   timeout_s: int = 300) -> subprocess.CompletedProcess[str]:
+    """`prefect deployment run NAME --watch`, as an engineer types it; the exit code says Completed or not."""
+    argv = ["deployment", "run", name, "--watch", "--watch-timeout", str(timeout_s)]
+    for key, value in (parameters or {}).items():
+        argv += ["--param", f"{key}={json.dumps(value)}"]
+    return subprocess.run(python_module("prefect", *argv), cwd=REPO_ROOT, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=timeout_s + 60, check=False)
 
 
 def prefect_env(state_dir: Path, api_url: str) -> dict[str, str]:
@@ -301,8 +331,6 @@ class LocalXsiam:
         return self
 
     def start(self) -> LocalXsiam:
-        import subprocess
-
         self.process = ManagedProcess("xsiam stand-in", self.argv, self.state_dir / "logs" / "xsiam.log", self.env)
         self.process.start(stdout=subprocess.PIPE)
         port = self.process.read_ready_line(deadline_s=60)["port"]
