@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean
+.PHONY: demo up test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m deployments.local.demo
 
+up: $(STAMP)
+	$(PY) -m deployments.local.demo --keep
+
 test: $(STAMP)
-	$(PY) -m pytest -n 3  # tests mostly wait on servers: 3 workers on 2 cores halve the wall time
+	$(PY) -m pytest -n 3 --dist loadfile  # tests mostly wait on servers: 3 workers on 2 cores, a file each
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -48,7 +48,7 @@ def main() -> None:
         stack.apply_env()
         from prefect import flow
 
-        from deployments.local.demo import flush_prefect_logs
+        from deployments.local.stack import flush_prefect_logs
         from flows.canary import feed_canary
         from flows.provision import provision_feeds
         from socfeeds.settings import Settings

@@ -47,7 +47,7 @@ def main() -> None:
         from prefect.client.schemas.objects import StateType
         from prefect.flow_runs import resume_flow_run
 
-        from deployments.local.demo import flush_prefect_logs
+        from deployments.local.stack import flush_prefect_logs
         from flows.provision import provision_feeds
         from flows.rotate import rotate_reader_keys
 

@@ -96,7 +96,7 @@ def main() -> None:
         delayed = DelayedAws()
         delayed.install()
         rows = [(feeds, *measure(stack, feeds, delayed)) for feeds in (4, 40)]
-        from deployments.local.demo import flush_prefect_logs
+        from deployments.local.stack import flush_prefect_logs
 
         flush_prefect_logs()
     print(f"\nverify-feeds vs sequential boto3, {DELAY_S * 1000:.0f} ms per AWS call")

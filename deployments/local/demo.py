@@ -1,69 +1,84 @@
-"""`make demo`: start the local stack, provision, verify and canary every feed, print the tables, clean up.
+"""`make demo`: the main job on the local stack, through Prefect for real.
 
-Exits non-zero when any verification check or canary fails.
+Starts moto (IAM auth on), the XSIAM stand-in and a Prefect server; creates the `socfeeds` process
+work pool, deploys prefect.yaml, starts a worker; then runs provision-feeds, verify-feeds and
+feed-canary with `prefect deployment run ... --watch` and prints their tables. Stops everything it
+started on exit or Ctrl-C. Exits non-zero when any run fails. `--keep` (`make up`) leaves the
+stack running and prints the UI URL.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
-from deployments.local.stack import LocalStack
+from deployments.local.stack import LocalStack, run_deployment
 
 STATE_DIR = Path(".state/local")
+RUNS = [
+    ("provision-feeds/on-demand", "provision-feeds", ["feed", "resource", "action", "detail", "applied"]),
+    ("verify-feeds/daily", "verify-feeds", ["feed", "resource", "check", "status", "detail", "fix"]),
+    ("feed-canary/daily", "feed-canary", ["feed", "strategy", "status", "leg", "latency_ms", "detail", "fix"]),
+]
 
 
-def flush_prefect_logs() -> None:
-    """Send buffered run logs and events while the server is still up (else exit hangs retrying)."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
+def latest_table(key: str) -> list[dict[str, str]]:
+    """The newest version of a table artifact, from the stack's Prefect API."""
+    import json
 
-    APILogWorker.drain_all(timeout=5)
-    EventsWorker.drain_all(timeout=5)
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        collections = client.read_latest_artifacts()
+    rows = next((a.data for a in collections if a.key == key), "[]")
+    return list(json.loads(rows) if isinstance(rows, str) else rows or [])
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--state-dir", type=Path, default=STATE_DIR)
+    parser.add_argument("--keep", action="store_true", help="leave the stack running (Ctrl-C stops it)")
     args = parser.parse_args()
     with LocalStack(args.state_dir) as stack:
-        stack.apply_env()  # before Prefect is imported, so it reads the stack's API URL and home
-        print(f"local stack up: AWS {stack.aws.endpoint_url}, Prefect {stack.prefect and stack.prefect.api_url}",
-              flush=True)
+        assert stack.prefect is not None
+        env = stack.env()
+        stack.apply_env()
+        print(f"local stack up: AWS {stack.aws.endpoint_url}, Prefect {stack.prefect.api_url}", flush=True)
+        stack.prefect.deploy(env)
+        worker = stack.prefect.start_worker(env, stack.state_dir / "logs")
         try:
-            return run_main_job(stack)
+            status = run_main_job(stack, env)
+            if args.keep:
+                print(f"\nPrefect UI: {stack.prefect.api_url.removesuffix('/api')}  (Ctrl-C stops everything)",
+                      flush=True)
+                signal.signal(signal.SIGINT, lambda *_: None)
+                signal.pause()
+            return status
         finally:
-            flush_prefect_logs()
+            worker.stop()
 
 
-def run_main_job(stack: LocalStack) -> int:
-    """provision-feeds, verify-feeds, feed-canary; the exit status says whether everything passed."""
-    from flows.canary import CANARY_COLUMNS, CanaryFailed, feed_canary
-    from flows.provision import provision_feeds
-    from flows.verify import ChecksFailed, verify_feeds
-    from socfeeds.report import render_table, table_rows
+def run_main_job(stack: LocalStack, env: dict[str, str]) -> int:
+    """The three deployments, as an engineer would run them; the status is 0 only if all completed."""
+    from socfeeds.report import render_table
 
-    provision_feeds()
-    key_id = stack.hand_reader_key_to_xsiam()
-    print(f"XSIAM stand-in at {stack.xsiam and stack.xsiam.url} collecting every S3 feed with reader key {key_id}",
-          flush=True)
-    state = verify_feeds(return_state=True)
-    outcome = state.result(raise_on_failure=False)
-    if isinstance(outcome, Exception) and not isinstance(outcome, ChecksFailed):
-        raise outcome
-    findings = outcome.findings if isinstance(outcome, ChecksFailed) else outcome
-    print("\nverify-feeds:\n" + render_table(table_rows(findings), ["feed", "resource", "check", "status",
-                                                                    "detail", "fix"]))
-    print(f"\nverify-feeds finished {state.name}")
-    canary = feed_canary(return_state=True)
-    canary_outcome = canary.result(raise_on_failure=False)
-    if isinstance(canary_outcome, Exception) and not isinstance(canary_outcome, CanaryFailed):
-        raise canary_outcome
-    results = canary_outcome.results if isinstance(canary_outcome, CanaryFailed) else canary_outcome
-    print("\nfeed-canary:\n" + render_table(table_rows(results), CANARY_COLUMNS))
-    print(f"\nfeed-canary finished {canary.name}")
-    return 0 if state.is_completed() and canary.is_completed() else 1
+    assert stack.prefect is not None
+    failed = []
+    for deployment, key, columns in RUNS:
+        answer = run_deployment(deployment, env)
+        state = "Completed" if answer.returncode == 0 else "Failed"
+        print(f"\n{deployment}: {state}\n" + render_table(latest_table(key), columns),
+              flush=True)
+        if answer.returncode != 0:
+            failed.append(deployment)
+            print(answer.stdout[-3000:] + answer.stderr[-3000:], file=sys.stderr)
+        if key == "provision-feeds":
+            print(f"XSIAM stand-in collecting every S3 feed with reader key {stack.hand_reader_key_to_xsiam()}",
+                  flush=True)
+    print(f"\n{'all runs completed' if not failed else 'failed: ' + ', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

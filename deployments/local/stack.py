@@ -392,3 +392,12 @@ def collector_feeds(aws: LocalAws, settings_values: dict[str, Any]) -> list[dict
     feeds = Settings(**settings_values).s3_feeds
     return [{"name": name, "queue_url": aws.queue_url(feed.queue), "log_type": feed.log_type}
             for name, feed in feeds.items()]
+
+
+def flush_prefect_logs() -> None:
+    """Send buffered run logs and events while the server is still up (else exit hangs retrying)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=5)
+    EventsWorker.drain_all(timeout=5)
