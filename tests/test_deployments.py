@@ -64,3 +64,29 @@ def test_every_deployment_exists_with_its_schedule(deployed: tuple[LocalStack, d
     for name in ("provision-feeds/on-demand", "verify-feeds/daily", "feed-canary/daily", "rotate-reader-keys/weekly",
                  "rotate-reader-keys/on-demand"):
         assert name in listing
+
+
+@pytest.mark.parametrize(("pool_type", "template"), [("ecs", "ecs.json"), ("kubernetes", "kubernetes.json")])
+def test_scale_out_work_pool_templates_are_accepted(deployed: tuple[LocalStack, dict[str, str]], pool_type: str,
+                                                   template: str) -> None:
+    """The shipped ECS and Kubernetes job templates create pools on a real server (nothing runs there)."""
+    import json
+    import subprocess
+    import sys
+
+    _, env = deployed
+    root = Path(__file__).resolve().parents[1]
+    path = root / "deployments" / "work-pools" / template
+    pool = f"socfeeds-{pool_type}"
+    run_env = {**__import__("os").environ, **env}
+    subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "work-pool", "create", pool, "--type", pool_type,
+                    "--base-job-template", str(path), "--overwrite"], env=run_env, capture_output=True, text=True,
+                   timeout=120, check=True, cwd=root)
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True, httpx_settings={"base_url": env["PREFECT_API_URL"]}) as client:
+        created = client.read_work_pool(pool)
+    assert created.type == pool_type
+    assert created.base_job_template == json.loads(path.read_text())
+    defaults = created.base_job_template["variables"]["properties"]
+    assert defaults["env"]["default"]["SOCFEEDS_SETTINGS_FILE"].endswith("socfeeds.toml")
