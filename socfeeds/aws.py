@@ -8,7 +8,7 @@ shared by concurrent tasks; the session is only used here, under a lock.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import boto3
 from botocore.config import Config
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
     from mypy_boto3_sts import STSClient
 
-T = TypeVar("T")
 MAX_ATTEMPTS = 5
 
 

@@ -278,9 +278,10 @@ def _canary_firehose(aws: AwsClients, writer: AwsClients, xql: XqlClient | None,
                               "run verify-feeds (log group) and check the canary writer role (provision-feeds)")
     outcome.written_at = time.monotonic()
     since = now - timedelta(seconds=5)
+    already_read: set[str] = set()
 
     def backed_up() -> str | None:
-        for key, message, payload in backed_up_records(aws, feed, since):
+        for key, message, payload in backed_up_records(aws, feed, since, already_read):
             if marker in payload:
                 return f"delivery failed and the event went to s3://{feed.error_bucket}/{key}: {message}"
         return None

@@ -227,17 +227,23 @@ def ensure_delivery_stream(aws: AwsClients, settings: Settings, feed_name: str, 
     return bucket_changes.changes + changes.changes
 
 
-def _failed_deliveries(aws: AwsClients, feed: FirehoseFeed) -> list[dict[str, Any]]:
-    since = datetime.now(UTC) - timedelta(hours=feed.backup_window_hours)
+def failed_deliveries(aws: AwsClients, feed: FirehoseFeed, since: datetime) -> list[dict[str, Any]]:
+    """Backup objects Firehose wrote for records it could not deliver, oldest first."""
     pages = aws.s3.get_paginator("list_objects_v2").paginate(Bucket=feed.error_bucket, Prefix=FAILED_PREFIX)
     return sorted((dict(o) for page in pages for o in page.get("Contents", []) if o["LastModified"] >= since),
                   key=lambda o: o["LastModified"])
 
 
-def backed_up_records(aws: AwsClients, feed: FirehoseFeed, since: datetime) -> Iterator[tuple[str, str, str]]:
-    """(key, Firehose's errorMessage, the CloudWatch payload as text) for backup objects since a time."""
-    pages = aws.s3.get_paginator("list_objects_v2").paginate(Bucket=feed.error_bucket, Prefix=FAILED_PREFIX)
-    for obj in (o for page in pages for o in page.get("Contents", []) if o["LastModified"] >= since):
+def backed_up_records(aws: AwsClients, feed: FirehoseFeed, since: datetime,
+                      already_read: set[str]) -> Iterator[tuple[str, str, str]]:
+    """(key, Firehose's errorMessage, the CloudWatch payload as text) for backup objects since a time.
+
+    Keys in `already_read` are skipped and every key read is added, so a poller reads each object once.
+    """
+    for obj in failed_deliveries(aws, feed, since):
+        if obj["Key"] in already_read:
+            continue
+        already_read.add(obj["Key"])
         body = aws.s3.get_object(Bucket=feed.error_bucket, Key=obj["Key"])["Body"].read()
         text = gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body
         for line in text.splitlines():
@@ -288,7 +294,7 @@ def check_delivery_stream(aws: AwsClients, settings: Settings, feed_name: str) -
         check_role(aws, check, feed.firehose_role, policies.firehose_role_trust(settings.account_id),
                    firehose_role_policy(feed, settings, secret_arn))
     if bucket.findings[0].status is Status.PASS:
-        failed = _failed_deliveries(aws, feed)
+        failed = failed_deliveries(aws, feed, datetime.now(UTC) - timedelta(hours=feed.backup_window_hours))
         count, newest = len(failed), failed[-1]["Key"] if failed else "-"
         status = Status.FAIL if count >= feed.backup_objects_fail_at else (
             Status.WARN if count >= feed.backup_objects_warn_at else Status.PASS)
