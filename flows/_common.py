@@ -65,10 +65,8 @@ def gather(futures: Iterable[tuple[str, PrefectFuture[list[T]]]]) -> tuple[list[
     return items, errors
 
 
-def publish(key: str, description: str, items: Sequence[object], columns: list[str]) -> str:
-    """Table artifact for the UI, the same table in the run log; returns the text table."""
+def publish(key: str, description: str, items: Sequence[object], columns: list[str]) -> None:
+    """Table artifact for the UI, the same table in the run log."""
     rows = table_rows(items)  # type: ignore[arg-type]
     create_table_artifact(key=key, table=rows, description=description)
-    text = render_table(rows, columns)
-    get_run_logger().info("%s\n%s", description, text)
-    return text
+    get_run_logger().info("%s\n%s", description, render_table(rows, columns))

@@ -306,7 +306,8 @@ class Settings(BaseSettings):
     canary: CanarySettings = CanarySettings()
     rotation: RotationPolicy = RotationPolicy()
     backlog: BacklogThresholds = BacklogThresholds()
-    max_concurrency: int = Field(16, ge=1, le=64, description="AWS calls in flight per flow run.")
+    max_concurrency: int = Field(16, ge=1, le=64, description="Sizes the AWS connection pool (2x); flows run up to "
+                                 "16 tasks at once, fixed in flows/_common.concurrent_tasks.")
     xsiam_api_key: SecretStr | None = None
 
     @classmethod
