@@ -54,7 +54,7 @@ def feed_canary(feeds: list[str] | None = None) -> list[CanaryResult]:
         resource = {"prefect.resource.id": f"socfeeds.feed.{result.feed}", "prefect.resource.name": result.feed}
         emit_event(event=f"socfeeds.canary.{result.status}", resource=resource,
                    payload={"leg": result.leg, "latency_ms": result.latency_ms, "detail": result.detail,
-                            "median_latency_ms": history.get(result.feed)})
+                            "fix": result.fix, "median_latency_ms": history.get(result.feed)})
     failed = [r for r in results if not r.passed]
     summary = f"feed-canary: {len(results) - len(failed)} of {len(results)} feeds passed"
     publish("feed-canary", summary, results, CANARY_COLUMNS)

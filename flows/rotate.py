@@ -66,6 +66,9 @@ def _approve(settings: Settings, new_key: str) -> list[str]:
     while len(approvers) < policy.required_approvals:
         attempt += 1  # each pause needs its own input key, or a refused answer would be read again
         logger.info("waiting for approval %d of %d: %s", len(approvers) + 1, policy.required_approvals, steps)
+        _event(settings, "awaiting-approval", key=new_key, secret=settings.reader.secret_name,
+               approval=len(approvers) + 1, required=policy.required_approvals,
+               timeout_seconds=policy.approval_timeout_seconds)  # the on-call alert carries the run link
         answer = pause_flow_run(wait_for_input=Approval.with_initial_data(description=steps, approved=True),
                                 timeout=policy.approval_timeout_seconds, poll_interval=policy.approval_poll_seconds,
                                 key=f"approval-{attempt}-{new_key.lower()}")

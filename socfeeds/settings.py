@@ -221,6 +221,23 @@ class ReaderSettings(_Strict):
                              description="Secrets Manager secret holding the reader's current access key.")
 
 
+class AlertSettings(_Strict):
+    """Where automations tell the on-call channel: a Slack or Teams incoming webhook."""
+
+    webhook_url: SecretStr | None = Field(
+        None, description="Incoming-webhook URL; a secret (its path is the credential). Unset: no alerts.")
+    block_name: str = Field("socfeeds-alerts", pattern=r"^[a-z0-9-]{1,64}$",
+                            description="Prefect notification block that holds the URL.")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _https(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not is_https_or_loopback(value.get_secret_value()):
+            raise ValueError("must be an https:// URL (http only for a 127.0.0.1 receiver); "
+                             "the value is not shown because it is a secret")
+        return value
+
+
 class BacklogThresholds(_Strict):
     max_visible_messages: int = Field(1000, ge=0, description="Warn above this many waiting messages.")
     max_dlq_messages: int = Field(0, ge=0, description="Fail above this many dead-lettered messages.")
@@ -283,8 +300,8 @@ def is_valid_bucket_name(name: str) -> bool:
 class Settings(BaseSettings):
     """Everything socfeeds should make true, in one validated object."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="SOCFEEDS_", env_nested_delimiter="__", extra="forbid", frozen=True
+    model_config = SettingsConfigDict(  # inputs stay out of errors: some values are secrets (alerts.webhook_url)
+        env_prefix="SOCFEEDS_", env_nested_delimiter="__", extra="forbid", frozen=True, hide_input_in_errors=True
     )
 
     region: str = "eu-west-2"
@@ -306,6 +323,7 @@ class Settings(BaseSettings):
     canary: CanarySettings = CanarySettings()
     rotation: RotationPolicy = RotationPolicy()
     backlog: BacklogThresholds = BacklogThresholds()
+    alerts: AlertSettings = AlertSettings()
     max_concurrency: int = Field(16, ge=1, le=64, description="Sizes the AWS connection pool (2x); flows run up to "
                                  "16 tasks at once, fixed in flows/_common.concurrent_tasks.")
     xsiam_api_key: SecretStr | None = None
@@ -381,6 +399,7 @@ class Settings(BaseSettings):
         if url is not None:
             check_endpoint_url(f"{where}.endpoint_url", url)
         return feed.model_copy(update={"cluster_name": cluster, "endpoint_url": url, **rendered})
+
     def _render(self, name: str, feed: S3Feed) -> S3Feed:
         where = f"s3_feeds.{name}"
         if not _FEED_NAME_RE.match(name):
@@ -418,11 +437,19 @@ class Settings(BaseSettings):
         return [name for name in known if name in names]
 
 
+def is_https_or_loopback(url: str) -> bool:
+    """Production endpoints are HTTPS; plain HTTP only reaches a stand-in on this machine."""
+    parsed = urlparse(url)
+    return bool(parsed.hostname) and (parsed.scheme == "https" or (parsed.scheme == "http" and is_loopback(url)))
+
+
+def is_loopback(url: str) -> bool:
+    return urlparse(url).hostname in {"127.0.0.1", "localhost", "::1"}
+
+
 def check_endpoint_url(field: str, url: str) -> str:
     """Firehose delivers only over HTTPS; plain HTTP is accepted for a loopback emulator alone."""
-    parsed = urlparse(url)
-    loopback = parsed.hostname in {"127.0.0.1", "localhost", "::1"}
-    if (parsed.scheme != "https" and not (parsed.scheme == "http" and loopback)) or not parsed.hostname:
+    if not is_https_or_loopback(url):
         raise ValueError(f"{field}: {url!r} must be an https:// URL (http only for a 127.0.0.1 stand-in)")
     return url
 

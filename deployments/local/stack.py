@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import boto3
 
+from deployments.local.chat import ChatInbox
 from deployments.local.processes import (
     ManagedProcess,
     StackError,
@@ -46,13 +47,13 @@ class Credentials:
     def env(self) -> dict[str, str]:
         return {"AWS_ACCESS_KEY_ID": self.access_key_id, "AWS_SECRET_ACCESS_KEY": self.secret_access_key}
 
+    def __repr__(self) -> str:
+        return f"Credentials({self.access_key_id}, secret=***)"
+
 
 def loopback_guard_env(endpoint_url: str) -> dict[str, str]:
     """Defence in depth: any boto3 client that forgets its endpoint still talks to the emulator."""
     return {"AWS_ENDPOINT_URL": endpoint_url, "AWS_DEFAULT_REGION": REGION}
-
-    def __repr__(self) -> str:
-        return f"Credentials({self.access_key_id}, secret=***)"
 
 
 class LocalAws:
@@ -157,13 +158,17 @@ class LocalPrefect:
         self.process.stop()
 
     def deploy(self, env: dict[str, str], pool: str = "socfeeds") -> None:
-        """Create the process work pool and deploy prefect.yaml; pushes no code (workers run this checkout)."""
+        """Create the process work pool, then the deploy command: prefect.yaml plus the alerts.
+
+        Pushes no code: workers run this checkout.
+        """
         full_env = {**os.environ, **env, "SOCFEEDS_HOME": str(REPO_ROOT)}
-        for argv in (["work-pool", "create", pool, "--type", "process", "--overwrite"], ["deploy", "--all"]):
-            answer = subprocess.run(python_module("prefect", "--no-prompt", *argv), cwd=REPO_ROOT, env=full_env,
-                                    capture_output=True, text=True, timeout=300, check=False)
+        for argv in (python_module("prefect", "--no-prompt", "work-pool", "create", pool, "--type", "process",
+                                   "--overwrite"), python_module("deployments.deploy")):
+            answer = subprocess.run(argv, cwd=REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=300,
+                                    check=False)
             if answer.returncode != 0:
-                raise StackError(f"prefect {' '.join(argv)} failed: {answer.stdout[-2000:]}{answer.stderr[-2000:]}")
+                raise StackError(f"{' '.join(argv[1:])} failed: {answer.stdout[-2000:]}{answer.stderr[-2000:]}")
 
     def start_worker(self, env: dict[str, str], log_dir: Path, pool: str = "socfeeds") -> ManagedProcess:
         """A process worker polling every second, so a CLI-triggered run starts promptly."""
@@ -237,6 +242,13 @@ def write_settings(values: dict[str, Any], path: Path) -> Path:
     return path
 
 
+LOCAL_OPERATIONS: dict[str, Any] = {
+    # a person approves in the UI as `soc-on-call`; XSIAM's stand-in uses a new key within seconds
+    "rotation": {"approvers": ["soc-on-call"], "approval_timeout_seconds": 3600, "approval_poll_seconds": 1,
+                 "confirm_use_seconds": 120, "new_key_ready_seconds": 30},
+}
+
+
 class LocalStack:
     """Everything `make demo` needs, started in order and stopped in reverse, even on Ctrl-C."""
 
@@ -248,6 +260,7 @@ class LocalStack:
         self.aws = LocalAws(self.state_dir)
         self.prefect: LocalPrefect | None = None
         self.xsiam: LocalXsiam | None = None
+        self.inbox: ChatInbox | None = None
         self.settings_file = self.state_dir / "socfeeds.json"
         self._stack = ExitStack()
 
@@ -256,7 +269,10 @@ class LocalStack:
             self.aws.start()
             self._stack.callback(self.aws.stop)
             self.xsiam = LocalXsiam(self.state_dir, self.aws)  # its URL goes into the settings
-            values = local_settings(self.aws, self.state_dir, self.xsiam)
+            self.inbox = ChatInbox(self.state_dir / "logs" / "on-call-channel.jsonl").start()
+            self._stack.callback(self.inbox.stop)
+            values = {**local_settings(self.aws, self.state_dir, self.xsiam), **LOCAL_OPERATIONS,
+                      "alerts": {"webhook_url": self.inbox.url}}
             if self.collect:
                 self.xsiam.collect(collector_feeds(self.aws, values), reader_secret_id=values["reader"]["secret_name"])
             self.xsiam.start()
