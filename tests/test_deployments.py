@@ -1,17 +1,68 @@
-"""The deployments through a real Prefect server and a real process worker, run from the CLI."""
+"""The deployments through a real Prefect server and a real process worker, run from the CLI.
+
+One stack for the module, as `make up` has it: deployed by the deploy command (prefect.yaml and
+the alerts), provisioned through its deployment, XSIAM collecting with the reader's key, and an
+on-call inbox receiving what the automations post.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from test_xsiam_standin import eventually
 
-from deployments.local.stack import LocalStack, run_deployment
+from deployments.local.chat import ChatInbox
+from deployments.local.stack import REPO_ROOT, LocalStack, run_deployment
+from tasks.roles import INLINE_POLICY
+
+DEPLOYMENTS = ("provision-feeds/on-demand", "verify-feeds/daily", "feed-canary/daily", "rotate-reader-keys/weekly",
+               "rotate-reader-keys/on-demand")
+ALERT_DEADLINE_S = 90  # automations reach the webhook in ~12-15 s; room for a loaded CI machine
+
+
+@dataclass
+class Deployed:
+    stack: LocalStack
+    env: dict[str, str]
+
+    @property
+    def inbox(self) -> ChatInbox:
+        assert self.stack.inbox is not None
+        return self.stack.inbox
+
+    def prefect(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        """A prefect CLI command as an engineer types it against this stack."""
+        return subprocess.run([sys.executable, "-m", "prefect", *argv], env={**os.environ, **self.env}, cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    def flow_run_state(self, run_id: str) -> str:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True, httpx_settings={"base_url": self.env["PREFECT_API_URL"]}) as client:
+            state = client.read_flow_run(run_id).state
+        return state.type.value if state else "NONE"
+
+    def automation_names(self) -> list[str]:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True, httpx_settings={"base_url": self.env["PREFECT_API_URL"]}) as client:
+            return [automation.name for automation in client.read_automations()]
+
+    def settings(self) -> dict[str, Any]:
+        return dict(json.loads(self.stack.settings_file.read_text()))
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalStack, dict[str, str]]]:
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     state = tmp_path_factory.mktemp("deployed")
     with LocalStack(state) as stack:
         assert stack.prefect is not None
@@ -19,74 +70,126 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalSt
         stack.prefect.deploy(env)
         worker = stack.prefect.start_worker(env, state / "logs")
         try:
-            yield stack, env
+            provision = run_deployment("provision-feeds/on-demand", env)
+            assert provision.returncode == 0, provision.stdout[-2000:] + provision.stderr[-2000:]
+            stack.hand_reader_key_to_xsiam()
+            yield Deployed(stack, env)
         finally:
             worker.stop()
 
 
-def test_provision_and_verify_run_through_the_worker(deployed: tuple[LocalStack, dict[str, str]]) -> None:
-    _, env = deployed
-    provision = run_deployment("provision-feeds/on-demand", env)
-    assert provision.returncode == 0, provision.stdout[-2000:] + provision.stderr[-2000:]
-    verify = run_deployment("verify-feeds/daily", env, {"feeds": ["cloudtrail", "eks-control-plane"]})
+def test_verify_and_canary_complete_through_the_worker(deployed: Deployed) -> None:
+    verify = run_deployment("verify-feeds/daily", deployed.env)
     assert verify.returncode == 0 and "Completed" in verify.stdout, verify.stdout[-2000:]
+    canary = run_deployment("feed-canary/daily", deployed.env)
+    assert canary.returncode == 0 and "Completed" in canary.stdout, canary.stdout[-3000:]
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    with get_client(sync_client=True, httpx_settings={"base_url": env["PREFECT_API_URL"]}) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["verify-feeds"])))
-    assert artifacts and artifacts[0].type == "table"
+    with get_client(sync_client=True, httpx_settings={"base_url": deployed.env["PREFECT_API_URL"]}) as client:
+        artifacts = client.read_latest_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["verify-feeds", "feed-canary"])))
+    tables = {a.key: json.loads(a.data) if isinstance(a.data, str) else a.data for a in artifacts}
+    assert {row["status"] for row in tables["verify-feeds"]} <= {"pass", "warn"}
+    assert {row["feed"]: row["status"] for row in tables["feed-canary"]} == {
+        feed: "passed" for feed in [*deployed.settings()["s3_feeds"], "eks-control-plane"]}
 
 
-def test_a_failing_run_exits_non_zero(deployed: tuple[LocalStack, dict[str, str]]) -> None:
-    stack, env = deployed
-    stack.aws.client("cloudtrail").stop_logging(Name="cloud-platform-cloudtrail")
-    verify = run_deployment("verify-feeds/daily", env, {"feeds": ["cloudtrail"]})
-    assert verify.returncode == 1 and "Failed" in verify.stdout
+def test_a_failed_run_alerts_the_on_call_channel(deployed: Deployed) -> None:
+    trail = deployed.settings()["s3_feeds"]["cloudtrail"]["source"]["trail_name"]
+    cloudtrail = deployed.stack.aws.client("cloudtrail")
+    cloudtrail.stop_logging(Name=trail)
+    try:
+        verify = run_deployment("verify-feeds/daily", deployed.env, {"feeds": ["cloudtrail"]})
+        assert verify.returncode == 1 and "Failed" in verify.stdout
+        run_id = re.search(r"UUID: ([0-9a-f-]{36})", verify.stdout)
+        assert run_id, verify.stdout
+        alert = deployed.inbox.wait_for(lambda text: run_id[1] in text, ALERT_DEADLINE_S, "alert for the failed run")
+    finally:
+        cloudtrail.start_logging(Name=trail)
+    assert alert.startswith("*socfeeds: verify-feeds/daily Failed*")
+    assert "logging is stopped" in alert and f"aws cloudtrail start-logging --name {trail}" in alert, alert
+    assert f"/runs/flow-run/{run_id[1]}" in alert, "the alert links to the run"
+    assert "prefect deployment run 'verify-feeds/daily' --watch" in alert
 
 
-def test_a_wrongly_typed_parameter_is_refused_with_the_schema_message(
-        deployed: tuple[LocalStack, dict[str, str]]) -> None:
-    _, env = deployed
-    answer = run_deployment("verify-feeds/daily", env, {"feeds": "cloudtrail"})
+def test_a_failed_canary_alerts_per_feed_with_the_fix(deployed: Deployed) -> None:
+    """The writer role loses its policy: the canary fails at the write leg; provision repairs it."""
+    writer_role = deployed.settings()["canary"]["writer_role"]
+    deployed.stack.aws.client("iam").delete_role_policy(RoleName=writer_role, PolicyName=INLINE_POLICY)
+    try:
+        canary = run_deployment("feed-canary/daily", deployed.env, {"feeds": ["application-logs"]})
+        assert canary.returncode == 1
+        alert = deployed.inbox.wait_for(lambda text: "feed application-logs failed" in text, ALERT_DEADLINE_S,
+                                        "canary alert for application-logs")
+    finally:
+        repaired = run_deployment("provision-feeds/on-demand", deployed.env, {"feeds": ["application-logs"]})
+        assert repaired.returncode == 0, repaired.stdout[-2000:]
+    assert alert.startswith("*socfeeds canary: feed application-logs failed at the write leg*"), alert
+    assert "Fix: " in alert and "/runs/flow-run/" in alert
+
+
+def test_a_rotation_deployment_asks_on_call_and_completes_when_approved_from_the_cli(deployed: Deployed) -> None:
+    started = deployed.prefect("deployment", "run", "rotate-reader-keys/on-demand")
+    assert started.returncode == 0, started.stdout + started.stderr
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout)
+    assert run_id, started.stdout
+    eventually("rotation paused for approval", lambda: deployed.flow_run_state(run_id[1]) == "PAUSED", 120)
+    ask = deployed.inbox.wait_for(lambda text: run_id[1] in text and "waits for approval" in text, ALERT_DEADLINE_S,
+                                  "approval request")
+    assert f"/runs/flow-run/{run_id[1]}" in ask and f"prefect api POST /flow_runs/{run_id[1]}/resume" in ask
+    assert deployed.stack.xsiam is not None
+    new_key = deployed.stack.xsiam.reload("AWSPENDING")  # the SOC puts the pending key in XSIAM
+
+    answer = deployed.prefect("api", "POST", f"/flow_runs/{run_id[1]}/resume", "--data", json.dumps(
+        {"run_input": {"approved": True, "approver": "soc-on-call", "reason": "CHG-1"}}))
+    assert answer.returncode == 0 and "ACCEPT" in answer.stdout, answer.stdout + answer.stderr
+    final = eventually("rotation finished", lambda: (s := deployed.flow_run_state(run_id[1])) in {
+        "COMPLETED", "FAILED", "CRASHED"} and s, 180)
+    assert final == "COMPLETED"
+    secret = deployed.stack.aws.client("secretsmanager").get_secret_value(
+        SecretId=deployed.settings()["reader"]["secret_name"])
+    assert json.loads(secret["SecretString"])["access_key_id"] == new_key
+
+
+def test_a_wrongly_typed_parameter_is_refused_with_the_schema_message(deployed: Deployed) -> None:
+    answer = run_deployment("verify-feeds/daily", deployed.env, {"feeds": "cloudtrail"})
     assert answer.returncode != 0
     assert "Validation failed for field 'feeds'" in answer.stdout + answer.stderr
 
 
-def test_every_deployment_exists_with_its_schedule(deployed: tuple[LocalStack, dict[str, str]]) -> None:
-    _, env = deployed
-    import subprocess
-    import sys
+def test_every_deployment_exists_and_the_alerts_are_applied_once(deployed: Deployed) -> None:
+    listing = deployed.prefect("deployment", "ls")
+    for name in DEPLOYMENTS:
+        assert name in listing.stdout
+    from deployments.alerts import ALERTS
 
-    listing = subprocess.run([sys.executable, "-m", "prefect", "deployment", "ls"], env={**__import__("os").environ,
-                             **env}, capture_output=True, text=True, timeout=60, check=True,
-                             cwd=Path(__file__).resolve().parents[1]).stdout
-    for name in ("provision-feeds/on-demand", "verify-feeds/daily", "feed-canary/daily", "rotate-reader-keys/weekly",
-                 "rotate-reader-keys/on-demand"):
-        assert name in listing
+    assert sorted(deployed.automation_names()) == sorted(alert.name for alert in ALERTS)
+    blocks = deployed.prefect("block", "inspect", "custom-webhook/socfeeds-alerts").stdout
+    assert deployed.inbox.path not in blocks, "the webhook URL is a secret: masked in the block"
+
+
+def test_the_deploy_command_is_idempotent(deployed: Deployed) -> None:
+    assert deployed.stack.prefect is not None
+    deployed.stack.prefect.deploy(deployed.env)
+    from deployments.alerts import ALERTS
+
+    assert sorted(deployed.automation_names()) == sorted(alert.name for alert in ALERTS)
 
 
 @pytest.mark.parametrize(("pool_type", "template"), [("ecs", "ecs.json"), ("kubernetes", "kubernetes.json")])
-def test_scale_out_work_pool_templates_are_accepted(deployed: tuple[LocalStack, dict[str, str]], pool_type: str,
-                                                   template: str) -> None:
+def test_scale_out_work_pool_templates_are_accepted(deployed: Deployed, pool_type: str, template: str) -> None:
     """The shipped ECS and Kubernetes job templates create pools on a real server (nothing runs there)."""
-    import json
-    import subprocess
-    import sys
-
-    _, env = deployed
-    root = Path(__file__).resolve().parents[1]
-    path = root / "deployments" / "work-pools" / template
+    path = REPO_ROOT / "deployments" / "work-pools" / template
     pool = f"socfeeds-{pool_type}"
-    run_env = {**__import__("os").environ, **env}
-    subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "work-pool", "create", pool, "--type", pool_type,
-                    "--base-job-template", str(path), "--overwrite"], env=run_env, capture_output=True, text=True,
-                   timeout=120, check=True, cwd=root)
+    created_pool = deployed.prefect("--no-prompt", "work-pool", "create", pool, "--type", pool_type,
+                                    "--base-job-template", str(path), "--overwrite")
+    assert created_pool.returncode == 0, created_pool.stdout + created_pool.stderr
     from prefect.client.orchestration import get_client
 
-    with get_client(sync_client=True, httpx_settings={"base_url": env["PREFECT_API_URL"]}) as client:
+    with get_client(sync_client=True, httpx_settings={"base_url": deployed.env["PREFECT_API_URL"]}) as client:
         created = client.read_work_pool(pool)
     assert created.type == pool_type
-    assert created.base_job_template == json.loads(path.read_text())
+    assert created.base_job_template == json.loads(Path(path).read_text())
     defaults = created.base_job_template["variables"]["properties"]
     assert defaults["env"]["default"]["SOCFEEDS_SETTINGS_FILE"].endswith("socfeeds.toml")

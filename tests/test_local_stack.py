@@ -79,3 +79,16 @@ def test_emulator_gap_inactive_keys_are_still_accepted(stack: Stack, reader_key:
                                           AccessKeyId=reader_key.access_key_id, Status="Inactive")
     identity = stack.local.client("sts", reader_key).get_caller_identity()
     assert identity["Arn"].endswith(stack.settings.reader.user_name)
+
+
+def test_the_secret_value_follows_awscurrent_when_a_rotation_moves_it(stack: Stack) -> None:
+    """deployments/local/secrets_fidelity: moto kept answering with the first version."""
+    secrets = stack.client("secretsmanager")
+    name = stack.values["reader"]["secret_name"] + "-fidelity"
+    first = secrets.create_secret(Name=name, SecretString="old")["VersionId"]
+    second = secrets.put_secret_value(SecretId=name, SecretString="new", VersionStages=["AWSPENDING"])["VersionId"]
+    assert secrets.get_secret_value(SecretId=name)["SecretString"] == "old"
+    secrets.update_secret_version_stage(SecretId=name, VersionStage="AWSCURRENT", MoveToVersionId=second,
+                                        RemoveFromVersionId=first)
+    assert secrets.get_secret_value(SecretId=name)["SecretString"] == "new"
+    assert secrets.get_secret_value(SecretId=name, VersionStage="AWSPREVIOUS")["SecretString"] == "old"

@@ -12,7 +12,7 @@ import threading
 
 from moto.server import ThreadedMotoServer
 
-from deployments.local import auth_fidelity, firehose_fidelity, sqs_speed
+from deployments.local import auth_fidelity, firehose_fidelity, secrets_fidelity, sqs_speed
 
 
 def main() -> None:
@@ -22,6 +22,7 @@ def main() -> None:
     firehose_fidelity.apply()
     auth_fidelity.apply()
     sqs_speed.apply()
+    secrets_fidelity.apply()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()
     stop = threading.Event()
