@@ -16,16 +16,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
+import chromium
 import pytest
 from test_xsiam_standin import eventually
 
 from deployments.local.chat import ChatInbox
+from deployments.local.demo import latest_table
 from deployments.local.stack import REPO_ROOT, LocalStack, run_deployment
 from tasks.roles import INLINE_POLICY
 
 DEPLOYMENTS = ("provision-feeds/on-demand", "verify-feeds/daily", "feed-canary/daily", "rotate-reader-keys/weekly",
                "rotate-reader-keys/on-demand")
+SCREENSHOTS = REPO_ROOT / "test-output" / "screenshots"  # kept after the run, for a person to look at
 ALERT_DEADLINE_S = 90  # automations reach the webhook in ~12-15 s; room for a loaded CI machine
 
 
@@ -48,7 +52,7 @@ class Deployed:
         from prefect.client.orchestration import get_client
 
         with get_client(sync_client=True, httpx_settings={"base_url": self.env["PREFECT_API_URL"]}) as client:
-            state = client.read_flow_run(run_id).state
+            state = client.read_flow_run(UUID(run_id)).state
         return state.type.value if state else "NONE"
 
     def automation_names(self) -> list[str]:
@@ -83,13 +87,7 @@ def test_verify_and_canary_complete_through_the_worker(deployed: Deployed) -> No
     assert verify.returncode == 0 and "Completed" in verify.stdout, verify.stdout[-2000:]
     canary = run_deployment("feed-canary/daily", deployed.env)
     assert canary.returncode == 0 and "Completed" in canary.stdout, canary.stdout[-3000:]
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    with get_client(sync_client=True, httpx_settings={"base_url": deployed.env["PREFECT_API_URL"]}) as client:
-        artifacts = client.read_latest_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["verify-feeds", "feed-canary"])))
-    tables = {a.key: json.loads(a.data) if isinstance(a.data, str) else a.data for a in artifacts}
+    tables = {key: latest_table(key, deployed.env["PREFECT_API_URL"]) for key in ("verify-feeds", "feed-canary")}
     assert {row["status"] for row in tables["verify-feeds"]} <= {"pass", "warn"}
     assert {row["feed"]: row["status"] for row in tables["feed-canary"]} == {
         feed: "passed" for feed in [*deployed.settings()["s3_feeds"], "eks-control-plane"]}
@@ -175,6 +173,30 @@ def test_the_deploy_command_is_idempotent(deployed: Deployed) -> None:
     from deployments.alerts import ALERTS
 
     assert sorted(deployed.automation_names()) == sorted(alert.name for alert in ALERTS)
+
+
+def test_the_ui_shows_the_deployments_and_a_verification_artifact(deployed: Deployed) -> None:
+    browser = chromium.find_or_install()
+    ui = deployed.env["PREFECT_API_URL"].removesuffix("/api")
+    listing = chromium.page_text(browser, f"{ui}/deployments", SCREENSHOTS / "deployments.png")
+    assert f"{len(DEPLOYMENTS)} Deployments" in listing, listing[:2000]
+    for name in DEPLOYMENTS:
+        flow, deployment = name.split("/")
+        assert f" {deployment} {flow} " in listing, f"{name} not on the deployments page"
+
+    verify = run_deployment("verify-feeds/daily", deployed.env, {"feeds": ["cloudtrail"]})
+    assert verify.returncode == 0, verify.stdout[-2000:]
+    artifact = latest_table_id("verify-feeds", deployed.env["PREFECT_API_URL"])
+    page = chromium.page_text(browser, f"{ui}/artifacts/artifact/{artifact}", SCREENSHOTS / "verify-feeds-artifact.png")
+    assert "verify-feeds: " in page and " trail logging pass logging " in page, page[:3000]
+
+
+def latest_table_id(key: str, api_url: str) -> str:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True, httpx_settings={"base_url": api_url}) as client:
+        [latest] = [a for a in client.read_latest_artifacts() if a.key == key]
+    return str(latest.latest_id)
 
 
 @pytest.mark.parametrize(("pool_type", "template"), [("ecs", "ecs.json"), ("kubernetes", "kubernetes.json")])

@@ -24,13 +24,13 @@ RUNS = [
 ]
 
 
-def latest_table(key: str) -> list[dict[str, str]]:
+def latest_table(key: str, api_url: str) -> list[dict[str, str]]:
     """The newest version of a table artifact, from the stack's Prefect API."""
     import json
 
     from prefect.client.orchestration import get_client
 
-    with get_client(sync_client=True) as client:
+    with get_client(sync_client=True, httpx_settings={"base_url": api_url}) as client:
         collections = client.read_latest_artifacts()
     rows = next((a.data for a in collections if a.key == key), "[]")
     return list(json.loads(rows) if isinstance(rows, str) else rows or [])
@@ -69,7 +69,7 @@ def run_main_job(stack: LocalStack, env: dict[str, str]) -> int:
     for deployment, key, columns in RUNS:
         answer = run_deployment(deployment, env)
         state = "Completed" if answer.returncode == 0 else "Failed"
-        print(f"\n{deployment}: {state}\n" + render_table(latest_table(key), columns),
+        print(f"\n{deployment}: {state}\n" + render_table(latest_table(key, env["PREFECT_API_URL"]), columns),
               flush=True)
         if answer.returncode != 0:
             failed.append(deployment)

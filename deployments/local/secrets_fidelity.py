@@ -17,7 +17,7 @@ def _update_secret_version_stage(self: SecretsManagerBackend, secret_id: str, ve
                                  remove_from_version_id: str, move_to_version_id: str) -> tuple[str, str]:
     answer = _original(self, secret_id, version_stage, remove_from_version_id, move_to_version_id)
     if version_stage == "AWSCURRENT" and move_to_version_id:
-        self.secrets[secret_id].default_version_id = move_to_version_id
+        self.secrets[secret_id].default_version_id = move_to_version_id  # type: ignore[misc]
     return answer
 
 

@@ -1,0 +1,46 @@
+"""Headless Debian Chromium for the UI checks, installed by the test setup when the machine lacks it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# The probe-tested flags for this closed network: no background connections, no sandbox as root.
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--window-size=1920,1080", "--virtual-time-budget=15000"]
+
+
+def find_or_install() -> str:
+    """Debian's chromium package: found on PATH, else installed with apt-get (root only), else skip."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("Chromium is missing and cannot be installed here: run `apt-get install chromium` as root")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+    if subprocess.run(install, env=env, capture_output=True, timeout=600, check=False).returncode != 0:
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True, timeout=600, check=True)
+        subprocess.run(install, env=env, capture_output=True, timeout=600, check=True)
+    return shutil.which("chromium") or pytest.fail("apt-get installed chromium but it is not on PATH")
+
+
+def page_text(chromium: str, url: str, screenshot: Path) -> str:
+    """Render the page once for its DOM and once for a PNG; returns the visible text, spaces collapsed."""
+    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    dom = ""
+    for mode in ("--dump-dom", f"--screenshot={screenshot}"):
+        with tempfile.TemporaryDirectory() as profile:
+            answer = subprocess.run([chromium, *FLAGS, f"--user-data-dir={profile}", mode, url],
+                                    capture_output=True, text=True, timeout=120, check=False)
+        assert answer.returncode == 0, f"chromium {mode} {url} failed: {answer.stderr[-1000:]}"
+        dom = dom or answer.stdout
+    assert screenshot.stat().st_size > 10_000, f"{screenshot} is empty"
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
