@@ -1,8 +1,9 @@
 """`make demo`: the main job on the local stack, through Prefect for real.
 
-Starts moto (IAM auth on), the XSIAM stand-in and a Prefect server; creates the `socfeeds` process
-work pool, deploys prefect.yaml, starts a worker; then runs provision-feeds, verify-feeds and
-feed-canary with `prefect deployment run ... --watch` and prints their tables. Stops everything it
+Starts moto (IAM auth on), the XSIAM stand-in, an on-call webhook inbox and a Prefect server;
+creates the `socfeeds` process work pool, deploys prefect.yaml with its alerts, starts a worker;
+then runs provision-feeds, verify-feeds and feed-canary with `prefect deployment run ... --watch`
+and prints their tables (and, when a run fails, what the alert posted). Stops everything it
 started on exit or Ctrl-C. Exits non-zero when any run fails. `--keep` (`make up`) leaves the
 stack running and prints the UI URL.
 """
@@ -14,9 +15,11 @@ import signal
 import sys
 from pathlib import Path
 
+from deployments.local.processes import StackError
 from deployments.local.stack import LocalStack, run_deployment
 
 STATE_DIR = Path(".state/local")
+ALERT_WAIT_S = 60  # automations reach the webhook ~12-15 s after a failure
 RUNS = [
     ("provision-feeds/on-demand", "provision-feeds", ["feed", "resource", "action", "detail", "applied"]),
     ("verify-feeds/daily", "verify-feeds", ["feed", "resource", "check", "status", "detail", "fix"]),
@@ -46,12 +49,17 @@ def main() -> int:
         env = stack.env()
         stack.apply_env()
         print(f"local stack up: AWS {stack.aws.endpoint_url}, Prefect {stack.prefect.api_url}", flush=True)
-        stack.prefect.deploy(env)
+        print(stack.prefect.deploy(env), flush=True)
         worker = stack.prefect.start_worker(env, stack.state_dir / "logs")
         try:
             status = run_main_job(stack, env)
             if args.keep:
-                print(f"\nPrefect UI: {stack.prefect.api_url.removesuffix('/api')}  (Ctrl-C stops everything)",
+                print(f"\nPrefect UI: {stack.prefect.api_url.removesuffix('/api')}  (Ctrl-C stops everything)\n"
+                      f"On-call channel (what the alerts post): {stack.inbox.log_path if stack.inbox else '-'}\n"
+                      f"CLI: export PREFECT_API_URL={stack.prefect.api_url}\n"
+                      "Try a rotation: prefect deployment run rotate-reader-keys/on-demand; when it pauses, do the "
+                      f"SOC's part with curl -X POST '{stack.xsiam.url if stack.xsiam else ''}/standin/reload?stage="
+                      "AWSPENDING', then approve as soc-on-call",
                       flush=True)
                 signal.signal(signal.SIGINT, lambda *_: None)
                 signal.pause()
@@ -78,6 +86,12 @@ def run_main_job(stack: LocalStack, env: dict[str, str]) -> int:
             print(f"XSIAM stand-in collecting every S3 feed with reader key {stack.hand_reader_key_to_xsiam()}",
                   flush=True)
     print(f"\n{'all runs completed' if not failed else 'failed: ' + ', '.join(failed)}")
+    if failed and stack.inbox:  # what on-call would have read in the channel
+        try:
+            stack.inbox.wait_for(lambda _: True, ALERT_WAIT_S, "alert")
+        except StackError as missing:
+            print(f"\n{missing}", file=sys.stderr)
+        print("\non-call channel:\n" + "\n\n".join(stack.inbox.messages()), flush=True)
     return 1 if failed else 0
 
 

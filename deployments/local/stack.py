@@ -157,10 +157,10 @@ class LocalPrefect:
     def stop(self) -> None:
         self.process.stop()
 
-    def deploy(self, env: dict[str, str], pool: str = "socfeeds") -> None:
+    def deploy(self, env: dict[str, str], pool: str = "socfeeds") -> str:
         """Create the process work pool, then the deploy command: prefect.yaml plus the alerts.
 
-        Pushes no code: workers run this checkout.
+        Pushes no code: workers run this checkout. Returns what the deploy command reported.
         """
         full_env = {**os.environ, **env, "SOCFEEDS_HOME": str(REPO_ROOT)}
         for argv in (python_module("prefect", "--no-prompt", "work-pool", "create", pool, "--type", "process",
@@ -169,6 +169,7 @@ class LocalPrefect:
                                     check=False)
             if answer.returncode != 0:
                 raise StackError(f"{' '.join(argv[1:])} failed: {answer.stdout[-2000:]}{answer.stderr[-2000:]}")
+        return answer.stdout.strip()
 
     def start_worker(self, env: dict[str, str], log_dir: Path, pool: str = "socfeeds") -> ManagedProcess:
         """A process worker polling every second, so a CLI-triggered run starts promptly."""
