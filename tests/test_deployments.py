@@ -24,7 +24,7 @@ from test_xsiam_standin import eventually
 
 from deployments.local.chat import ChatInbox
 from deployments.local.demo import latest_table
-from deployments.local.stack import REPO_ROOT, LocalStack, run_deployment
+from deployments.local.stack import REPO_ROOT, LocalStack, prefect_api, run_deployment
 from tasks.roles import INLINE_POLICY
 
 DEPLOYMENTS = ("provision-feeds/on-demand", "verify-feeds/daily", "feed-canary/daily", "rotate-reader-keys/weekly",
@@ -49,16 +49,14 @@ class Deployed:
                               capture_output=True, text=True, timeout=120, check=False)
 
     def flow_run_state(self, run_id: str) -> str:
-        from prefect.client.orchestration import get_client
 
-        with get_client(sync_client=True, httpx_settings={"base_url": self.env["PREFECT_API_URL"]}) as client:
+        with prefect_api(self.env["PREFECT_API_URL"]) as client:
             state = client.read_flow_run(UUID(run_id)).state
         return state.type.value if state else "NONE"
 
     def automation_names(self) -> list[str]:
-        from prefect.client.orchestration import get_client
 
-        with get_client(sync_client=True, httpx_settings={"base_url": self.env["PREFECT_API_URL"]}) as client:
+        with prefect_api(self.env["PREFECT_API_URL"]) as client:
             return [automation.name for automation in client.read_automations()]
 
     def settings(self) -> dict[str, Any]:
@@ -192,9 +190,8 @@ def test_the_ui_shows_the_deployments_and_a_verification_artifact(deployed: Depl
 
 
 def latest_table_id(key: str, api_url: str) -> str:
-    from prefect.client.orchestration import get_client
 
-    with get_client(sync_client=True, httpx_settings={"base_url": api_url}) as client:
+    with prefect_api(api_url) as client:
         [latest] = [a for a in client.read_latest_artifacts() if a.key == key]
     return str(latest.latest_id)
 
@@ -207,9 +204,8 @@ def test_scale_out_work_pool_templates_are_accepted(deployed: Deployed, pool_typ
     created_pool = deployed.prefect("--no-prompt", "work-pool", "create", pool, "--type", pool_type,
                                     "--base-job-template", str(path), "--overwrite")
     assert created_pool.returncode == 0, created_pool.stdout + created_pool.stderr
-    from prefect.client.orchestration import get_client
 
-    with get_client(sync_client=True, httpx_settings={"base_url": deployed.env["PREFECT_API_URL"]}) as client:
+    with prefect_api(deployed.env["PREFECT_API_URL"]) as client:
         created = client.read_work_pool(pool)
     assert created.type == pool_type
     assert created.base_job_template == json.loads(Path(path).read_text())

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from deployments.local.processes import StackError
-from deployments.local.stack import LocalStack, run_deployment
+from deployments.local.stack import LocalStack, prefect_api, run_deployment
 
 STATE_DIR = Path(".state/local")
 ALERT_WAIT_S = 60  # automations reach the webhook ~12-15 s after a failure
@@ -31,9 +31,8 @@ def latest_table(key: str, api_url: str) -> list[dict[str, str]]:
     """The newest version of a table artifact, from the stack's Prefect API."""
     import json
 
-    from prefect.client.orchestration import get_client
 
-    with get_client(sync_client=True, httpx_settings={"base_url": api_url}) as client:
+    with prefect_api(api_url) as client:
         collections = client.read_latest_artifacts()
     rows = next((a.data for a in collections if a.key == key), "[]")
     return list(json.loads(rows) if isinstance(rows, str) else rows or [])

@@ -11,11 +11,12 @@ import os
 import secrets
 import subprocess
 import urllib.request
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import boto3
 
@@ -30,6 +31,9 @@ from deployments.local.processes import (
     python_module,
 )
 from socfeeds.settings import SETTINGS_FILE_ENV, default_s3_feeds
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
 
 ACCOUNT_ID = "123456789012"  # moto's default account
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -191,6 +195,19 @@ def run_deployment(name: str, env: dict[str, str], parameters: dict[str, Any] | 
         argv += ["--param", f"{key}={json.dumps(value)}"]
     return subprocess.run(python_module("prefect", *argv), cwd=REPO_ROOT, env={**os.environ, **env},
                           capture_output=True, text=True, timeout=timeout_s + 60, check=False)
+
+
+@contextmanager
+def prefect_api(api_url: str) -> Iterator[SyncPrefectClient]:
+    """A client of the stack's Prefect server, whatever this process's own settings say.
+
+    (A client with no API URL set would quietly start a temporary server of its own.)
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        yield client
 
 
 def prefect_env(state_dir: Path, api_url: str) -> dict[str, str]:
