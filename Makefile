@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo up test lint bench clean
+.PHONY: demo up deploy test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ demo: $(STAMP)
 
 up: $(STAMP)
 	$(PY) -m deployments.local.demo --keep
+
+deploy: $(STAMP)  # to the server in PREFECT_API_URL: prefect.yaml and the alerts (README, Deployments)
+	$(PY) -m deployments.deploy
 
 test: $(STAMP)
 	$(PY) -m pytest -n 3 --dist loadfile  # tests mostly wait on servers: 3 workers on 2 cores, a file each

@@ -6,6 +6,7 @@ Also pins the emulator gaps the README documents, so a moto upgrade that changes
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from urllib.parse import unquote_plus
 
 import pytest
@@ -92,3 +93,30 @@ def test_the_secret_value_follows_awscurrent_when_a_rotation_moves_it(stack: Sta
                                         RemoveFromVersionId=first)
     assert secrets.get_secret_value(SecretId=name)["SecretString"] == "new"
     assert secrets.get_secret_value(SecretId=name, VersionStage="AWSPREVIOUS")["SecretString"] == "old"
+
+
+def test_the_on_call_inbox_answers_as_an_incoming_webhook(tmp_path: Path) -> None:
+    """Only the secret path is a channel; what arrives is kept in order and in the JSONL file."""
+    import urllib.error
+    import urllib.request
+
+    from deployments.local.chat import ChatInbox
+
+    inbox = ChatInbox(tmp_path / "channel.jsonl").start()
+    try:
+        def post(url: str) -> int:
+            request = urllib.request.Request(url, data=json.dumps({"text": "hello"}).encode(), method="POST",  # noqa: S310
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 (127.0.0.1)
+                    return int(answer.status)
+            except urllib.error.HTTPError as refused:
+                return refused.code
+
+        assert post(inbox.url.rsplit("/", 1)[0] + "/guessed") == 404
+        assert inbox.messages() == []
+        assert post(inbox.url) == 200
+        assert inbox.wait_for(lambda text: text == "hello", 5, "hello") == "hello"
+        assert [json.loads(line)["text"] for line in (tmp_path / "channel.jsonl").read_text().splitlines()] == ["hello"]
+    finally:
+        inbox.stop()

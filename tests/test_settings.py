@@ -124,3 +124,15 @@ def test_feed_selection_refuses_unknown_names() -> None:
 def test_secret_values_do_not_show_in_repr() -> None:
     s = settings(xsiam_api_key="super-secret-token")
     assert "super-secret-token" not in repr(s) and "super-secret-token" not in str(s.model_dump())
+
+
+def test_the_alert_webhook_is_a_secret_even_when_it_is_wrong() -> None:
+    hook = "https://hooks.slack.com/services/T0/B0/hook-credential"
+    s = settings(alerts={"webhook_url": hook})
+    assert s.alerts.webhook_url is not None and s.alerts.webhook_url.get_secret_value() == hook
+    assert "hook-credential" not in repr(s) and "hook-credential" not in str(s.model_dump())
+    with pytest.raises(ValidationError) as raised:
+        settings(alerts={"webhook_url": "http://hooks.slack.com/services/T0/B0/hook-credential"})
+    assert "alerts.webhook_url" in str(raised.value) and "must be an https:// URL" in str(raised.value)
+    assert "hook-credential" not in str(raised.value)
+    assert settings(alerts={"webhook_url": "http://127.0.0.1:8080/hook"}).alerts.webhook_url is not None
