@@ -33,14 +33,12 @@ def find_or_install() -> str:
 
 
 def page_text(chromium: str, url: str, screenshot: Path) -> str:
-    """Render the page once for its DOM and once for a PNG; returns the visible text, spaces collapsed."""
+    """Render the page, keep a PNG of it; returns the page's visible text, spaces collapsed."""
     screenshot.parent.mkdir(parents=True, exist_ok=True)
-    dom = ""
-    for mode in ("--dump-dom", f"--screenshot={screenshot}"):
-        with tempfile.TemporaryDirectory() as profile:
-            answer = subprocess.run([chromium, *FLAGS, f"--user-data-dir={profile}", mode, url],
-                                    capture_output=True, text=True, timeout=120, check=False)
-        assert answer.returncode == 0, f"chromium {mode} {url} failed: {answer.stderr[-1000:]}"
-        dom = dom or answer.stdout
+    with tempfile.TemporaryDirectory() as profile:
+        answer = subprocess.run([chromium, *FLAGS, f"--user-data-dir={profile}", "--dump-dom",
+                                 f"--screenshot={screenshot}", url], capture_output=True, text=True, timeout=120,
+                                check=False)
+    assert answer.returncode == 0, f"chromium {url} failed: {answer.stderr[-1000:]}"
     assert screenshot.stat().st_size > 10_000, f"{screenshot} is empty"
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", answer.stdout))
