@@ -9,7 +9,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,11 @@ from typing import Any
 import boto3
 import pytest
 
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-
 from deployments.local.stack import (
     LocalAws,
+    LocalPrefect,
     LocalXsiam,
+    flush_prefect_logs,
     local_settings,
     loopback_guard_env,
     write_settings,
@@ -45,6 +46,16 @@ def _loopback_only(sock: socket.socket, address: Any) -> None:
 
 socket.socket.connect = _loopback_only  # type: ignore[method-assign,assignment]
 
+# The session's Prefect server is chosen now and started on first use (fixture `prefect_server`):
+# Prefect reads its settings when first imported, which the test modules do at collection.
+_PREFECT_STATE = Path(tempfile.mkdtemp(prefix="socfeeds-tests-"))
+_PREFECT = LocalPrefect(_PREFECT_STATE)
+os.environ.update(_PREFECT.env)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_PREFECT_STATE, ignore_errors=True)
+
 
 @pytest.fixture(scope="session")
 def local_aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAws]:
@@ -63,13 +74,12 @@ def standin(local_aws: LocalAws, tmp_path_factory: pytest.TempPathFactory) -> It
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """One Prefect server for the whole session (starting one costs ~20 s)."""
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
+def prefect_server() -> Iterator[LocalPrefect]:
+    """One real Prefect server for the whole session, as the local stack runs it."""
+    _PREFECT.start()
+    yield _PREFECT
+    flush_prefect_logs()
+    _PREFECT.stop()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -149,6 +150,7 @@ class LocalPrefect:
             state_dir / "logs" / "prefect-server.log", env=self.env)
 
     def start(self, deadline_s: float = 180) -> LocalPrefect:
+        seed_database(Path(self.env["PREFECT_HOME"]) / "prefect.db")
         self.process.start()
 
         def healthy() -> bool:
@@ -195,6 +197,41 @@ def run_deployment(name: str, env: dict[str, str], parameters: dict[str, Any] | 
         argv += ["--param", f"{key}={json.dumps(value)}"]
     return subprocess.run(python_module("prefect", *argv), cwd=REPO_ROOT, env={**os.environ, **env},
                           capture_output=True, text=True, timeout=timeout_s + 60, check=False)
+
+
+DATABASE_TEMPLATES = REPO_ROOT / ".state" / "cache"
+
+
+def seed_database(database: Path, templates: Path = DATABASE_TEMPLATES) -> None:
+    """A new server's SQLite database starts as a copy of one already migrated for this Prefect version.
+
+    Migrating a new database costs ~12 s of CPU at every start (each test session starts several
+    servers); the copy costs milliseconds. The template is made once per machine and version, under
+    a lock so parallel test workers make it only once. An existing database is left alone.
+    """
+    import fcntl
+
+    import prefect
+
+    if database.exists():
+        return
+    template = templates / f"prefect-{prefect.__version__}.db"
+    templates.mkdir(parents=True, exist_ok=True)
+    with (templates / "templates.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not template.exists():
+            partial = template.with_suffix(".partial")
+            partial.unlink(missing_ok=True)
+            env = {**os.environ, "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{partial}",
+                   "PREFECT_HOME": str(templates / "prefect-home"), "DO_NOT_TRACK": "1",
+                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+            answer = subprocess.run(python_module("prefect", "server", "database", "upgrade", "-y"), env=env,
+                                    capture_output=True, text=True, timeout=300, check=False)
+            if answer.returncode != 0:
+                raise StackError(f"migrating the Prefect database template failed: {answer.stderr[-2000:]}")
+            partial.rename(template)
+    database.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, database)
 
 
 @contextmanager
