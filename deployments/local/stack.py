@@ -210,12 +210,11 @@ def seed_database(database: Path, templates: Path = DATABASE_TEMPLATES) -> None:
     a lock so parallel test workers make it only once. An existing database is left alone.
     """
     import fcntl
-
-    import prefect
+    from importlib.metadata import version
 
     if database.exists():
         return
-    template = templates / f"prefect-{prefect.__version__}.db"
+    template = templates / f"prefect-{version('prefect')}.db"  # importing prefect here would fix its settings
     templates.mkdir(parents=True, exist_ok=True)
     with (templates / "templates.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
