@@ -43,3 +43,9 @@ def test_schedules_are_cron_in_london_and_parameters_enforced() -> None:
 def test_no_secret_in_the_file() -> None:
     text = (ROOT / "prefect.yaml").read_text().lower()
     assert not any(word in text for word in ("api_key", "secret_access_key", "token:", "password"))
+
+
+def test_every_deployment_carries_the_tag_the_failure_alert_matches() -> None:
+    from deployments.alerts import DEPLOYMENT_TAG
+
+    assert all(DEPLOYMENT_TAG in deployment["tags"] for deployment in deployments())
