@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from test_xsiam_standin import eventually
 
 from deployments.local.chat import ChatInbox
 from deployments.local.demo import latest_table
+from deployments.local.processes import ManagedProcess
 from deployments.local.stack import REPO_ROOT, LocalStack, prefect_api, run_deployment
 from tasks.roles import INLINE_POLICY
 
@@ -37,6 +39,7 @@ ALERT_DEADLINE_S = 90  # automations reach the webhook in ~12-15 s; room for a l
 class Deployed:
     stack: LocalStack
     env: dict[str, str]
+    worker: ManagedProcess
 
     @property
     def inbox(self) -> ChatInbox:
@@ -59,6 +62,20 @@ class Deployed:
         with prefect_api(self.env["PREFECT_API_URL"]) as client:
             return [automation.name for automation in client.read_automations()]
 
+    def start_rotation(self) -> str:
+        """`prefect deployment run` without --watch, as on-call starts a rotation; returns the run id."""
+        started = self.prefect("deployment", "run", "rotate-reader-keys/on-demand")
+        run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout)
+        assert started.returncode == 0 and run_id, started.stdout + started.stderr
+        eventually("rotation paused for approval", lambda: self.flow_run_state(run_id[1]) == "PAUSED", 120)
+        return run_id[1]
+
+    def approve(self, run_id: str) -> None:
+        """The README's approval command."""
+        answer = self.prefect("api", "POST", f"/flow_runs/{run_id}/resume", "--data", json.dumps(
+            {"run_input": {"approved": True, "approver": "soc-on-call", "reason": "CHG-1"}}))
+        assert answer.returncode == 0 and "ACCEPT" in answer.stdout, answer.stdout + answer.stderr
+
     def settings(self) -> dict[str, Any]:
         return dict(json.loads(self.stack.settings_file.read_text()))
 
@@ -75,7 +92,7 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
             provision = run_deployment("provision-feeds/on-demand", env)
             assert provision.returncode == 0, provision.stdout[-2000:] + provision.stderr[-2000:]
             stack.hand_reader_key_to_xsiam()
-            yield Deployed(stack, env)
+            yield Deployed(stack, env, worker)
         finally:
             worker.stop()
 
@@ -134,26 +151,48 @@ def test_a_failed_canary_alerts_per_feed_with_the_fix(deployed: Deployed) -> Non
 
 
 def test_a_rotation_deployment_asks_on_call_and_completes_when_approved_from_the_cli(deployed: Deployed) -> None:
-    started = deployed.prefect("deployment", "run", "rotate-reader-keys/on-demand")
-    assert started.returncode == 0, started.stdout + started.stderr
-    run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout)
-    assert run_id, started.stdout
-    eventually("rotation paused for approval", lambda: deployed.flow_run_state(run_id[1]) == "PAUSED", 120)
-    ask = deployed.inbox.wait_for(lambda text: run_id[1] in text and "waits for approval" in text, ALERT_DEADLINE_S,
+    run_id = deployed.start_rotation()
+    ask = deployed.inbox.wait_for(lambda text: run_id in text and "waits for approval" in text, ALERT_DEADLINE_S,
                                   "approval request")
-    assert f"/runs/flow-run/{run_id[1]}" in ask and f"prefect api POST /flow_runs/{run_id[1]}/resume" in ask
+    assert f"/runs/flow-run/{run_id}" in ask and f"prefect api POST /flow_runs/{run_id}/resume" in ask
     assert deployed.stack.xsiam is not None
     new_key = deployed.stack.xsiam.reload("AWSPENDING")  # the SOC puts the pending key in XSIAM
-
-    answer = deployed.prefect("api", "POST", f"/flow_runs/{run_id[1]}/resume", "--data", json.dumps(
-        {"run_input": {"approved": True, "approver": "soc-on-call", "reason": "CHG-1"}}))
-    assert answer.returncode == 0 and "ACCEPT" in answer.stdout, answer.stdout + answer.stderr
-    final = eventually("rotation finished", lambda: (s := deployed.flow_run_state(run_id[1])) in {
+    deployed.approve(run_id)
+    final = eventually("rotation finished", lambda: (s := deployed.flow_run_state(run_id)) in {
         "COMPLETED", "FAILED", "CRASHED"} and s, 180)
     assert final == "COMPLETED"
     secret = deployed.stack.aws.client("secretsmanager").get_secret_value(
         SecretId=deployed.settings()["reader"]["secret_name"])
     assert json.loads(secret["SecretString"])["access_key_id"] == new_key
+
+
+def test_a_crashed_run_alerts_on_call_with_where_to_look(deployed: Deployed) -> None:
+    """A rotation's process killed while it waits for XSIAM's first use of the new key."""
+    iam, user = deployed.stack.aws.client("iam"), deployed.settings()["reader"]["user_name"]
+    for key in iam.list_access_keys(UserName=user)["AccessKeyMetadata"]:
+        if key["Status"] == "Inactive":  # an earlier rotation's old key, past its grace: room for a new key
+            iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
+    run_id = deployed.start_rotation()
+    deployed.approve(run_id)  # XSIAM keeps the old key: the run stays Running, waiting to see the new one used
+    eventually("rotation running again", lambda: deployed.flow_run_state(run_id) == "RUNNING", 60)
+    os.kill(flow_run_process(run_id), signal.SIGKILL)
+    alert = deployed.inbox.wait_for(lambda text: run_id in text and "Crashed" in text, ALERT_DEADLINE_S,
+                                    "alert for the crashed run")
+    assert alert.startswith("*socfeeds: rotate-reader-keys/on-demand Crashed*")
+    assert "The flow process died: read the worker's log on its host." in alert
+    assert deployed.flow_run_state(run_id) == "CRASHED"
+
+
+def flow_run_process(run_id: str) -> int:
+    """The pid of the process a worker started for this flow run (Prefect puts the run id in its env)."""
+    marker = f"PREFECT__FLOW_RUN_ID={run_id}".encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
+                return int(proc.name)
+        except OSError:
+            continue  # gone, or not ours
+    raise AssertionError(f"no process for flow run {run_id}")
 
 
 def test_a_wrongly_typed_parameter_is_refused_with_the_schema_message(deployed: Deployed) -> None:
