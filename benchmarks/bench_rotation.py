@@ -52,7 +52,7 @@ def main() -> None:
         from flows.rotate import rotate_reader_keys
 
         values: dict[str, Any] = json.loads(stack.settings_file.read_text())
-        values["rotation"] = {"approvers": ["alice"], "confirm_use_seconds": 60}
+        values["rotation"] = {"approvers": ["alice"], "confirm_use_seconds": 60, "last_used_resolution_seconds": 0}
         write_settings(values, stack.settings_file)
         provision_feeds()
         assert stack.xsiam is not None

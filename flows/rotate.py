@@ -139,7 +139,6 @@ def rotate_reader_keys(dry_run: bool = False, force: bool = False) -> str:
     _event(settings, "created", key=new_key)
     try_pending_key(aws, settings)
     _event(settings, "tested", key=new_key)
-    asked_at = datetime.now(UTC)
     try:
         approvers = _approve(settings, new_key)
     except (RotationStopped, FlowPauseTimeout) as stop:
@@ -147,8 +146,9 @@ def rotate_reader_keys(dry_run: bool = False, force: bool = False) -> str:
         _event(settings, "rolled-back", key=new_key, reason=stop)
         _report(settings, keys, [*lines, f"rolled back: new key {new_key} deleted, old key still active ({stop})"])
         raise RotationStopped(f"rotation rolled back, old key still active: {stop or 'approval timed out'}") from None
+    approved_at = datetime.now(UTC)
     if settings.rotation.require_new_key_in_use:
-        used = confirm_key_in_use(aws, settings, new_key, asked_at)
+        used = confirm_key_in_use(aws, settings, new_key, approved_at)
         lines.append(f"XSIAM used {new_key} against SQS at {used}")
     old = finish_rotation(aws, settings, new_key)
     _event(settings, "finished", key=new_key, deactivated=old, approvers=approvers)

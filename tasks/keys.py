@@ -205,13 +205,20 @@ def try_pending_key(aws: AwsClients, settings: Settings) -> str:
 
 
 @aws_task("confirm-key-in-use", per_feed=False)
-def confirm_key_in_use(aws: AwsClients, settings: Settings, key_id: str, since: datetime) -> datetime:
-    """Wait until XSIAM has used the new key against SQS after the approval."""
-    deadline, pause = time.monotonic() + settings.rotation.confirm_use_seconds, 0.25
+def confirm_key_in_use(aws: AwsClients, settings: Settings, key_id: str, approved_at: datetime) -> datetime:
+    """Wait until XSIAM has used the new key against SQS after the approval.
+
+    Only a use reported later than the approval plus IAM's resolution counts: the flow's own test
+    of the key (before the approval) must never pass for XSIAM's, or the old key XSIAM still
+    uses would be deactivated.
+    """
+    policy = settings.rotation
+    after = approved_at + timedelta(seconds=policy.last_used_resolution_seconds)
+    deadline, pause = time.monotonic() + policy.confirm_use_seconds, 0.25
     while True:
         used = aws.iam.get_access_key_last_used(AccessKeyId=key_id)["AccessKeyLastUsed"]
         when = used.get("LastUsedDate")
-        if when and when >= since - timedelta(seconds=1) and used.get("ServiceName") == "sqs":
+        if when and when > after and used.get("ServiceName") == "sqs":
             return when
         if time.monotonic() + pause > deadline:
             raise RuntimeError(

@@ -73,7 +73,7 @@ def reader(stack: Stack, tmp_path: Path) -> Iterator[LocalXsiam]:
     xsiam.collect(feeds, reader_secret_id=stack.settings.reader.secret_name)
     xsiam.start()
     stack.update(rotation={"approvers": ["alice", "bob"], "approval_timeout_seconds": 60, "approval_poll_seconds": 1,
-                           "confirm_use_seconds": 30, "new_key_ready_seconds": 20})
+                           "confirm_use_seconds": 30, "new_key_ready_seconds": 20, "last_used_resolution_seconds": 0})
     yield xsiam
     xsiam.stop()
 
@@ -188,6 +188,21 @@ def test_reject_rolls_back(stack: Stack, reader: LocalXsiam) -> None:
     assert keys_of(stack) == {old_key: "Active"}
     secret = read_secret(stack.aws, stack.settings.reader.secret_name)
     assert (secret.current_key, secret.pending_key) == (old_key, None)
+
+
+def test_approved_but_never_used_by_xsiam_keeps_the_old_key_active(stack: Stack, reader: LocalXsiam) -> None:
+    """The flow's own test read of the new key (just before the pause) must not pass for XSIAM's use."""
+    stack.update(rotation={**stack.values["rotation"], "confirm_use_seconds": 3})
+    [old_key] = keys_of(stack)
+    rotation = Rotation(force=True)
+    run_id = rotation.paused_run_id()
+    from prefect.flow_runs import resume_flow_run
+
+    resume_flow_run(UUID(run_id), run_input={"approved": True, "approver": "alice"})  # XSIAM keeps the old key
+    state = rotation.finish()
+    assert state.is_failed() and "XSIAM has not used key" in str(state.result(raise_on_failure=False))
+    assert keys_of(stack)[old_key] == "Active"
+    assert read_secret(stack.aws, stack.settings.reader.secret_name).current_key == old_key
 
 
 def test_timeout_rolls_back(stack: Stack, reader: LocalXsiam) -> None:

@@ -299,7 +299,7 @@ def write_settings(values: dict[str, Any], path: Path) -> Path:
 LOCAL_OPERATIONS: dict[str, Any] = {
     # a person approves in the UI as `soc-on-call`; XSIAM's stand-in uses a new key within seconds
     "rotation": {"approvers": ["soc-on-call"], "approval_timeout_seconds": 3600, "approval_poll_seconds": 1,
-                 "confirm_use_seconds": 120, "new_key_ready_seconds": 30},
+                 "confirm_use_seconds": 120, "new_key_ready_seconds": 30, "last_used_resolution_seconds": 0},
 }
 
 
