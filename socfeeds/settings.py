@@ -204,9 +204,9 @@ class RotationPolicy(_Strict):
     require_new_key_in_use: bool = Field(True, description="See XSIAM use the new key before the old is deactivated.")
     confirm_use_seconds: int = Field(3_600, ge=1, description="How long to wait for XSIAM to use the new key.")
     last_used_resolution_seconds: int = Field(
-        60, ge=0, le=3600, description="How coarse IAM's last-used time may be (AWS shows whole minutes). A use "
-        "counts only when reported more than this after the approval, so the flow's own test of the key never "
-        "passes for XSIAM's use. 0 for an emulator that records exact times.")
+        60, ge=0, le=3600, description="How coarse IAM's last-used time may be (AWS's example shows whole "
+        "minutes). A use counts only when reported more than this after the approval, so the flow's own test of "
+        "the key never passes for XSIAM's use. 0 for an emulator that records exact times.")
     new_key_ready_seconds: int = Field(60, ge=1, description="How long a new key may take to start working.")
 
 
