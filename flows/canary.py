@@ -11,7 +11,7 @@ from prefect.futures import PrefectFuture
 from prefect.variables import Variable
 
 from flows._common import StepsFailed, concurrent_tasks, gather, publish, start_run
-from tasks.canary import CanaryResult, canary_firehose_feed, canary_s3_feed, writer_clients
+from tasks.canary import CanaryResult, canary_feed, writer_clients
 from tasks.xql import XqlClient
 
 CANARY_COLUMNS = ["feed", "strategy", "status", "leg", "latency_ms", "detail", "fix"]
@@ -42,12 +42,9 @@ def feed_canary(feeds: list[str] | None = None) -> list[CanaryResult]:
     writer = writer_clients(run.aws, run.settings, run_tag)
     wants_siem = run.firehose_feeds or any(run.settings.s3_feeds[n].canary_strategy == "siem" for n in run.s3_feeds)
     xql = XqlClient.from_settings(run.settings) if wants_siem else None
-    futures: list[tuple[str, PrefectFuture[list[CanaryResult]]]] = []
-    for name in run.s3_feeds:
-        futures.append((f"canary-s3[{name}]", canary_s3_feed.submit(run.aws, writer, xql, run.settings, name, run_tag)))
-    for name in run.firehose_feeds:
-        futures.append((f"canary-firehose[{name}]",
-                        canary_firehose_feed.submit(run.aws, writer, xql, run.settings, name, run_tag)))
+    futures: list[tuple[str, PrefectFuture[list[CanaryResult]]]] = [
+        (f"canary[{name}]", canary_feed.submit(run.aws, writer, xql, run.settings, name, run_tag))
+        for name in run.feeds]
     results, errors = gather(futures)
     history = record_latencies(results, run.settings.canary.latency_history)
     for result in results:

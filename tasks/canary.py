@@ -175,11 +175,12 @@ def _origin(settings: Settings, feed: S3Feed) -> formats.Origin:
     return formats.Origin(settings.account_id, settings.region, vpc_id=vpc, key_prefix=prefix)
 
 
-@aws_task("canary-s3")
-def canary_s3_feed(aws: AwsClients, writer: AwsClients, xql: XqlClient | None, settings: Settings,
-                   feed_name: str, run_tag: str) -> list[CanaryResult]:
-    """One result (a list, like every task's findings)."""
-    return [_canary_s3(aws, writer, xql, settings, feed_name, run_tag)]
+@aws_task("canary")
+def canary_feed(aws: AwsClients, writer: AwsClients, xql: XqlClient | None, settings: Settings,
+                feed_name: str, run_tag: str) -> list[CanaryResult]:
+    """One result (a list, like every task's findings), by the path the feed's kind takes."""
+    canary = _canary_s3 if feed_name in settings.s3_feeds else _canary_firehose
+    return [canary(aws, writer, xql, settings, feed_name, run_tag)]
 
 
 def _canary_s3(aws: AwsClients, writer: AwsClients, xql: XqlClient | None, settings: Settings,
@@ -253,13 +254,6 @@ def audit_line(marker: str, at: datetime) -> str:
         "requestReceivedTimestamp": at.isoformat().replace("+00:00", "Z"),
         "stageTimestamp": at.isoformat().replace("+00:00", "Z"),
     })
-
-
-@aws_task("canary-firehose")
-def canary_firehose_feed(aws: AwsClients, writer: AwsClients, xql: XqlClient | None, settings: Settings,
-                         feed_name: str, run_tag: str) -> list[CanaryResult]:
-    """One result (a list, like every task's findings)."""
-    return [_canary_firehose(aws, writer, xql, settings, feed_name, run_tag)]
 
 
 def _canary_firehose(aws: AwsClients, writer: AwsClients, xql: XqlClient | None, settings: Settings,
