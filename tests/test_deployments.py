@@ -24,7 +24,7 @@ import pytest
 from test_xsiam_standin import eventually
 
 from deployments.local.chat import ChatInbox
-from deployments.local.demo import latest_table
+from deployments.local.demo import latest_artifact, latest_table
 from deployments.local.processes import ManagedProcess
 from deployments.local.stack import REPO_ROOT, LocalStack, prefect_api, run_deployment
 from tasks.roles import INLINE_POLICY
@@ -65,10 +65,10 @@ class Deployed:
     def start_rotation(self) -> str:
         """`prefect deployment run` without --watch, as on-call starts a rotation; returns the run id."""
         started = self.prefect("deployment", "run", "rotate-reader-keys/on-demand")
-        run_id = re.search(r"UUID: ([0-9a-f-]{36})", started.stdout)
-        assert started.returncode == 0 and run_id, started.stdout + started.stderr
-        eventually("rotation paused for approval", lambda: self.flow_run_state(run_id[1]) == "PAUSED", 120)
-        return run_id[1]
+        assert started.returncode == 0, started.stdout + started.stderr
+        run_id = run_id_of(started)
+        eventually("rotation paused for approval", lambda: self.flow_run_state(run_id) == "PAUSED", 120)
+        return run_id
 
     def approve(self, run_id: str) -> None:
         """The README's approval command."""
@@ -102,8 +102,8 @@ def verified(deployed: Deployed) -> str:
     """verify-feeds/daily run once through the worker; returns its table artifact's id."""
     verify = run_deployment("verify-feeds/daily", deployed.env)
     assert verify.returncode == 0 and "Completed" in verify.stdout, verify.stdout[-2000:]
-    with prefect_api(deployed.env["PREFECT_API_URL"]) as client:
-        [latest] = [a for a in client.read_latest_artifacts() if a.key == "verify-feeds"]
+    latest = latest_artifact("verify-feeds", deployed.env["PREFECT_API_URL"])
+    assert latest is not None
     return str(latest.latest_id)
 
 
@@ -123,14 +123,13 @@ def test_a_failed_run_alerts_the_on_call_channel(deployed: Deployed) -> None:
     try:
         verify = run_deployment("verify-feeds/daily", deployed.env, {"feeds": ["cloudtrail"]})
         assert verify.returncode == 1 and "Failed" in verify.stdout
-        run_id = re.search(r"UUID: ([0-9a-f-]{36})", verify.stdout)
-        assert run_id, verify.stdout
-        alert = deployed.inbox.wait_for(lambda text: run_id[1] in text, ALERT_DEADLINE_S, "alert for the failed run")
+        run_id = run_id_of(verify)
+        alert = deployed.inbox.wait_for(lambda text: run_id in text, ALERT_DEADLINE_S, "alert for the failed run")
     finally:
         cloudtrail.start_logging(Name=trail)
     assert alert.startswith("*socfeeds: verify-feeds/daily Failed*")
     assert "logging is stopped" in alert and f"aws cloudtrail start-logging --name {trail}" in alert, alert
-    assert f"/runs/flow-run/{run_id[1]}" in alert, "the alert links to the run"
+    assert f"/runs/flow-run/{run_id}" in alert, "the alert links to the run"
     assert "prefect deployment run 'verify-feeds/daily' --watch" in alert
 
 
@@ -181,6 +180,13 @@ def test_a_crashed_run_alerts_on_call_with_where_to_look(deployed: Deployed) -> 
     assert alert.startswith("*socfeeds: rotate-reader-keys/on-demand Crashed*")
     assert "The flow process died: read the worker's log on its host." in alert
     assert deployed.flow_run_state(run_id) == "CRASHED"
+
+
+def run_id_of(answer: subprocess.CompletedProcess[str]) -> str:
+    """The flow run id `prefect deployment run` prints."""
+    found = re.search(r"UUID: ([0-9a-f-]{36})", answer.stdout)
+    assert found, answer.stdout
+    return found[1]
 
 
 def flow_run_process(run_id: str) -> int:

@@ -14,9 +14,13 @@ import argparse
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deployments.local.processes import StackError
 from deployments.local.stack import LocalStack, prefect_api, run_deployment
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import ArtifactCollection
 
 STATE_DIR = Path(".state/local")
 ALERT_WAIT_S = 60  # automations reach the webhook ~12-15 s after a failure
@@ -27,14 +31,18 @@ RUNS = [
 ]
 
 
+def latest_artifact(key: str, api_url: str) -> ArtifactCollection | None:
+    """The newest version of an artifact, from the stack's Prefect API."""
+    with prefect_api(api_url) as client:
+        return next((a for a in client.read_latest_artifacts() if a.key == key), None)
+
+
 def latest_table(key: str, api_url: str) -> list[dict[str, str]]:
-    """The newest version of a table artifact, from the stack's Prefect API."""
+    """The rows of the newest version of a table artifact."""
     import json
 
-
-    with prefect_api(api_url) as client:
-        collections = client.read_latest_artifacts()
-    rows = next((a.data for a in collections if a.key == key), "[]")
+    artifact = latest_artifact(key, api_url)
+    rows = artifact.data if artifact else "[]"
     return list(json.loads(rows) if isinstance(rows, str) else rows or [])
 
 
