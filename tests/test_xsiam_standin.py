@@ -229,7 +229,7 @@ def test_each_s3_log_format_is_collected(stack: Stack, collecting: tuple[LocalXs
     assert trail["raw"]["userAgent"] == f"socfeeds-canary/{marker}-cloudtrail"
     assert trail["raw"]["eventType"] == "AwsApiCall" and trail["source"] == "cloudtrail"
     [flow] = eventually("flow log record", lambda: collected("aws_s3_raw", "vpc-flow-logs"))
-    assert flow["raw"]["instance-id"] == f"{marker}-vpc-flow-logs" and len(flow["raw"]) == 26
+    assert flow["raw"]["instance-id"] == f"i-{marker}-vpc-flow-logs" and len(flow["raw"]) == 26
     [dns] = eventually("resolver record", lambda: collected("amazon_route53_raw", "route53-resolver"))
     assert dns["raw"]["query_name"].startswith(f"{marker}-route53-resolver.") and dns["raw"]["query_class"] == "IN"
     [app] = eventually("fluent bit record", lambda: collected("amazon_aws_raw", "application-logs"))

@@ -21,6 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deployments.xsiam.store import Event, Store
+from socfeeds.formats import read_records
 
 DATASETS = {
     "Audit Logs": "aws_s3_raw",
@@ -194,12 +195,5 @@ class Collector:
 
 
 def split_records(log_type: str, text: str) -> list[str]:
-    """One raw record per event, as XSIAM splits each log type."""
-    if log_type == "Audit Logs":
-        return [json.dumps(r) for r in json.loads(text).get("Records", [])]
-    lines = [line for line in text.splitlines() if line.strip()]
-    if log_type == "Flow Logs":
-        header, *rows = lines
-        names = header.split()
-        return [json.dumps(dict(zip(names, row.split(), strict=True))) for row in rows]
-    return [json.dumps(json.loads(line)) for line in lines]
+    """One raw record per event, as XSIAM splits each log type (the formats are socfeeds.formats', shared)."""
+    return [json.dumps(record) for record in read_records(log_type, text)]
