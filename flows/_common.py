@@ -13,6 +13,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from socfeeds.aws import AwsClients
 from socfeeds.report import render_table, table_rows
+from socfeeds.resolve import resolve
 from socfeeds.settings import Settings
 
 T = TypeVar("T")
@@ -41,10 +42,11 @@ class Run:
 
 
 def start_run(feed_names: list[str] | None) -> Run:
-    """Validate settings and the feed selection before any AWS call."""
+    """Validate settings and the feed selection before any AWS call, then resolve what only AWS knows."""
     settings = Settings()  # values come from the environment and the settings file
     feeds = settings.select_feeds(feed_names)
-    return Run(settings=settings, feeds=feeds, aws=AwsClients.from_settings(settings))
+    aws = AwsClients.from_settings(settings)
+    return Run(settings=resolve(settings, aws), feeds=feeds, aws=aws)
 
 
 class StepsFailed(RuntimeError):

@@ -10,6 +10,7 @@ from socfeeds.report import Change
 from tasks.buckets import ensure_bucket
 from tasks.canary import ensure_canary_writer
 from tasks.firehose import ensure_cluster_logging, ensure_delivery_stream, ensure_subscription
+from tasks.kms import ensure_key_policies
 from tasks.notifications import ensure_notification
 from tasks.queues import ensure_queues
 from tasks.reader import ensure_reader
@@ -32,7 +33,9 @@ def provision_feeds(feeds: list[str] | None = None, dry_run: bool = False) -> li
         dry_run: Change nothing; report every change that would be made.
     """
     run = start_run(feeds)
+    keys = ensure_key_policies.submit(run.aws, run.settings, dry_run)  # S3 and CloudTrail test the key on setup
     steps: list[tuple[str, PrefectFuture[list[Change]]]] = [
+        ("ensure-key-policies", keys),
         ("ensure-reader", ensure_reader.submit(run.aws, run.settings, dry_run)),
         ("ensure-canary-writer", ensure_canary_writer.submit(run.aws, run.settings, dry_run))]
     for name in run.s3_feeds:
@@ -43,9 +46,9 @@ def provision_feeds(feeds: list[str] | None = None, dry_run: bool = False) -> li
             (f"ensure-queues[{name}]", queues),
             (f"ensure-notification[{name}]",
              ensure_notification.submit(run.aws, run.settings, name, dry_run, return_state=False,
-                                       wait_for=[bucket, queues])),
+                                       wait_for=[bucket, queues, keys])),
             (f"ensure-source[{name}]", ensure_source.submit(run.aws, run.settings, name, dry_run, return_state=False,
-                                                             wait_for=[bucket])),
+                                                             wait_for=[bucket, keys])),
         ]
     for name in run.firehose_feeds:
         logging = ensure_cluster_logging.submit(run.aws, run.settings, name, dry_run)

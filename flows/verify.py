@@ -10,6 +10,7 @@ from socfeeds.report import Finding, Status
 from tasks.buckets import check_bucket
 from tasks.canary import check_canary_writer
 from tasks.firehose import check_cluster_logging, check_delivery_stream, check_subscription
+from tasks.kms import check_key_policies
 from tasks.notifications import check_notification
 from tasks.queues import check_queue
 from tasks.reader import check_reader
@@ -42,7 +43,8 @@ def verify_feeds(feeds: list[str] | None = None) -> list[Finding]:
     run = start_run(feeds)
     checks: list[tuple[str, PrefectFuture[list[Finding]]]] = [
         ("check-reader", check_reader.submit(run.aws, run.settings)),
-        ("check-canary-writer", check_canary_writer.submit(run.aws, run.settings))]
+        ("check-canary-writer", check_canary_writer.submit(run.aws, run.settings)),
+        ("check-key-policies", check_key_policies.submit(run.aws, run.settings))]
     for name in run.s3_feeds:
         checks += [(f"{check.name}[{name}]", check.submit(run.aws, run.settings, name))
                    for check in FEED_CHECKS]

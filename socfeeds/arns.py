@@ -19,32 +19,32 @@ class Arns:
     account_id: str
 
     @property
-    def _p(self) -> str:
+    def partition(self) -> str:
         return partition(self.region)
 
     def bucket(self, name: str) -> str:
-        return f"arn:{self._p}:s3:::{name}"
+        return f"arn:{self.partition}:s3:::{name}"
 
     def queue(self, name: str) -> str:
-        return f"arn:{self._p}:sqs:{self.region}:{self.account_id}:{name}"
+        return f"arn:{self.partition}:sqs:{self.region}:{self.account_id}:{name}"
 
     def trail(self, name: str) -> str:
-        return f"arn:{self._p}:cloudtrail:{self.region}:{self.account_id}:trail/{name}"
+        return f"arn:{self.partition}:cloudtrail:{self.region}:{self.account_id}:trail/{name}"
 
     def log_delivery_sources(self) -> str:
-        return f"arn:{self._p}:logs:{self.region}:{self.account_id}:*"
+        return f"arn:{self.partition}:logs:{self.region}:{self.account_id}:*"
 
     def iam_policy(self, path: str, name: str) -> str:
-        return f"arn:{self._p}:iam::{self.account_id}:policy{path}{name}"
+        return f"arn:{self.partition}:iam::{self.account_id}:policy{path}{name}"
 
     def role(self, name: str) -> str:
-        return f"arn:{self._p}:iam::{self.account_id}:role/{name}"
+        return f"arn:{self.partition}:iam::{self.account_id}:role/{name}"
 
     def delivery_stream(self, name: str) -> str:
-        return f"arn:{self._p}:firehose:{self.region}:{self.account_id}:deliverystream/{name}"
+        return f"arn:{self.partition}:firehose:{self.region}:{self.account_id}:deliverystream/{name}"
 
     def log_stream(self, group: str, stream: str) -> str:
-        return f"arn:{self._p}:logs:{self.region}:{self.account_id}:log-group:{group}:log-stream:{stream}"
+        return f"arn:{self.partition}:logs:{self.region}:{self.account_id}:log-group:{group}:log-stream:{stream}"
 
     def log_group(self, group: str) -> str:
-        return f"arn:{self._p}:logs:{self.region}:{self.account_id}:log-group:{group}"
+        return f"arn:{self.partition}:logs:{self.region}:{self.account_id}:log-group:{group}"

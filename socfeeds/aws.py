@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from mypy_boto3_eks import EKSClient
     from mypy_boto3_firehose import FirehoseClient
     from mypy_boto3_iam import IAMClient
+    from mypy_boto3_kms import KMSClient
     from mypy_boto3_logs import CloudWatchLogsClient
     from mypy_boto3_route53resolver import Route53ResolverClient
     from mypy_boto3_s3 import S3Client
@@ -114,6 +115,10 @@ class AwsClients:
     @property
     def secrets(self) -> SecretsManagerClient:
         return cast("SecretsManagerClient", self.client("secretsmanager"))
+
+    @property
+    def kms(self) -> KMSClient:
+        return cast("KMSClient", self.client("kms"))
 
     @property
     def ssm(self) -> SSMClient:

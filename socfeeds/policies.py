@@ -10,10 +10,19 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
-from socfeeds.arns import Arns, partition
-from socfeeds.settings import CloudTrailSource, FlowLogSource, ResolverQueryLogSource, S3Feed, Settings
+from socfeeds.arns import Arns
+from socfeeds.formats import EKS_AUDIT_STREAM_PREFIX
+from socfeeds.settings import (
+    CloudTrailSource,
+    FlowLogSource,
+    ResolverQueryLogSource,
+    S3Feed,
+    Settings,
+    canary_key_prefix,
+)
 
 Statement = dict[str, Any]
 Document = dict[str, Any]
@@ -281,16 +290,19 @@ def logs_role_policy(stream_arn: str) -> Document:
 
 
 def firehose_role_trust(account_id: str) -> Document:
-    return trust("firehose.amazonaws.com", {"StringEquals": {"sts:ExternalId": account_id}})
+    """Firehose acting for this account only: the external id Firehose passes, and aws:SourceAccount (the
+    confused-deputy guard, Firehose developer guide "Cross-service confused deputy prevention")."""
+    return trust("firehose.amazonaws.com", {"StringEquals": {"sts:ExternalId": account_id,
+                                                              "aws:SourceAccount": account_id}})
 
 
 def firehose_role_policy(bucket_arn: str, log_stream_arn: str, secret_arn: str, kms_key_arn: str | None) -> Document:
     """Only the error bucket, the stream's error log stream, the token secret and the KMS key."""
-    statements: list[Statement] = [
+    statements: list[Statement] = [  # bucket-level and object-level actions each on their own resource form
         {"Sid": "SocfeedsErrorBucket", "Effect": "Allow",
-         "Action": ["s3:AbortMultipartUpload", "s3:GetBucketLocation", "s3:GetObject", "s3:ListBucket",
-                    "s3:ListBucketMultipartUploads", "s3:PutObject"],
-         "Resource": [bucket_arn, f"{bucket_arn}/*"]},
+         "Action": ["s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads"], "Resource": bucket_arn},
+        {"Sid": "SocfeedsErrorObjects", "Effect": "Allow",
+         "Action": ["s3:AbortMultipartUpload", "s3:GetObject", "s3:PutObject"], "Resource": f"{bucket_arn}/*"},
         {"Sid": "SocfeedsErrorLogging", "Effect": "Allow", "Action": "logs:PutLogEvents", "Resource": log_stream_arn},
         {"Sid": "SocfeedsEndpointToken", "Effect": "Allow", "Action": "secretsmanager:GetSecretValue",
          "Resource": secret_arn},
@@ -303,27 +315,164 @@ def firehose_role_policy(bucket_arn: str, log_stream_arn: str, secret_arn: str, 
 
 # --- the canary writer -----------------------------------------------------------------------
 
+CANARY_STREAM_PREFIX = f"{EKS_AUDIT_STREAM_PREFIX}socfeeds-canary-"  # EKS's own audit streams never start so
+
 
 def canary_writer_trust(settings: Settings) -> Document:
-    """Only the flows' own identity (or, undeclared, this account's identities) may assume the writer."""
-    trusted = settings.canary.writer_trusted_principals or [f"arn:{partition(settings.region)}:iam::"
-                                                            f"{settings.account_id}:root"]
+    """Only the named principals (resolved to the flows' own identity when unset) may assume the writer."""
+    trusted = settings.canary.writer_trusted_principals
+    if not trusted:
+        raise ValueError("canary.writer_trusted_principals is unresolved: call socfeeds.resolve.resolve first")
     return document([{"Effect": "Allow", "Principal": {"AWS": sorted(trusted)}, "Action": "sts:AssumeRole"}])
 
 
-def canary_writer_policy(settings: Settings) -> Document:
-    """Write (and clean up) synthetic log objects and events; read nothing, change nothing else."""
+def canary_object_arns(settings: Settings) -> list[str]:
     arns = Arns(settings.region, settings.account_id)
+    return sorted(f"{arns.bucket(f.bucket)}/{canary_key_prefix(name)}*" for name, f in settings.s3_feeds.items())
+
+
+def canary_stream_arns(settings: Settings) -> list[str]:
+    arns = Arns(settings.region, settings.account_id)
+    return sorted(arns.log_stream(f.log_group, f"{CANARY_STREAM_PREFIX}*") for f in settings.firehose_feeds.values())
+
+
+def canary_writer_policy(settings: Settings) -> Document:
+    """Write and clean up synthetic objects under each feed's canary prefix and events in canary streams; read
+    nothing, reach no real log object or stream (it can neither forge nor hide audit logs)."""
     statements: list[Statement] = []
-    buckets = sorted(f"{arns.bucket(f.bucket)}/*" for f in settings.s3_feeds.values())
-    if buckets:
+    objects = canary_object_arns(settings)
+    if objects:
         statements.append({"Sid": "SocfeedsCanaryObjects", "Effect": "Allow",
-                           "Action": ["s3:DeleteObject", "s3:PutObject"], "Resource": buckets})
-    groups = sorted(arns.log_group(f.log_group) for f in settings.firehose_feeds.values())
-    if groups:
-        statements += [
-            {"Sid": "SocfeedsCanaryStreams", "Effect": "Allow", "Action": "logs:CreateLogStream", "Resource": groups},
-            {"Sid": "SocfeedsCanaryEvents", "Effect": "Allow", "Action": "logs:PutLogEvents",
-             "Resource": [f"{group}:log-stream:canary-*" for group in groups]},
-        ]
+                           "Action": ["s3:DeleteObject", "s3:PutObject"], "Resource": objects})
+    keys = sorted({f.kms_key_arn for f in settings.s3_feeds.values() if f.kms_key_arn})
+    if keys:  # S3 asks the writer's own KMS permission to encrypt an SSE-KMS object
+        statements.append({"Sid": "SocfeedsCanaryEncrypt", "Effect": "Allow", "Action": "kms:GenerateDataKey",
+                           "Resource": keys})
+    streams = canary_stream_arns(settings)
+    if streams:  # CloudWatch Logs authorises these three on the log-stream ARN (Service Authorization Reference)
+        statements.append({"Sid": "SocfeedsCanaryStreams", "Effect": "Allow",
+                           "Action": ["logs:CreateLogStream", "logs:DeleteLogStream", "logs:PutLogEvents"],
+                           "Resource": streams})
     return document(statements)
+
+
+def canary_scope_problems(statements: Iterable[Statement], settings: Settings) -> list[str]:
+    """Every grant of the writer that reaches beyond canary prefixes, canary streams and feed keys."""
+    allowed = [*canary_object_arns(settings), *canary_stream_arns(settings),
+               *{f.kms_key_arn for f in settings.s3_feeds.values() if f.kms_key_arn}]
+    problems = []
+    for statement in statements:
+        if statement.get("Effect") != "Allow":
+            continue
+        sid = statement.get("Sid", "(no Sid)")
+        if "NotAction" in statement or "NotResource" in statement:
+            problems.append(f"{sid}: NotAction/NotResource reaches beyond the canary's objects")
+        for action, resource in _grants([statement]):
+            if not any(fnmatchcase(resource, pattern) for pattern in allowed) or "*" in action:
+                problems.append(f"{sid}: {action} on {resource}")
+    return problems
+
+
+# --- KMS keys --------------------------------------------------------------------------------
+
+def key_service_statements(settings: Settings, feeds: Iterable[S3Feed]) -> list[Statement]:
+    """The key-policy statements AWS services need to use a key for these feeds (their bucket and queue).
+
+    IAM policies cannot grant a service principal, so these must be in the key policy itself:
+    - S3 notifying an SSE-KMS queue (S3 User Guide, "Granting permissions to publish event notification
+      messages to a destination": without it notifications are dropped silently);
+    - CloudTrail writing to an SSE-KMS bucket (CloudTrail User Guide, "Configure AWS KMS key policies for
+      CloudTrail": encrypt with aws:SourceArn and the trail encryption context, describe the key);
+    - log delivery (flow logs, resolver query logs) writing to an SSE-KMS bucket (CloudWatch Logs User Guide,
+      "Enable logging from AWS services", SSE-KMS key policy for delivery.logs.amazonaws.com).
+    """
+    arns = Arns(settings.region, settings.account_id)
+    feeds = list(feeds)
+    statements: list[Statement] = []
+    if feeds:
+        statements.append(s3_notification_key_statement())
+    trails = sorted(arns.trail(f.source.trail_name) for f in feeds if isinstance(f.source, CloudTrailSource))
+    if trails:
+        principal = {"Service": "cloudtrail.amazonaws.com"}
+        statements += [
+            {"Sid": "SocfeedsCloudTrailEncrypt", "Effect": "Allow", "Principal": principal,
+             "Action": "kms:GenerateDataKey*", "Resource": "*",
+             "Condition": {"StringEquals": {"aws:SourceArn": trails}, "StringLike": {
+                 "kms:EncryptionContext:aws:cloudtrail:arn": f"arn:{arns.partition}:cloudtrail:*:"
+                                                             f"{settings.account_id}:trail/*"}}},
+            {"Sid": "SocfeedsCloudTrailDescribeKey", "Effect": "Allow", "Principal": principal,
+             "Action": "kms:DescribeKey", "Resource": "*", "Condition": {"StringEquals": {"aws:SourceArn": trails}}},
+        ]
+    if any(isinstance(f.source, FlowLogSource | ResolverQueryLogSource) for f in feeds):
+        statements.append({"Sid": "SocfeedsLogDeliveryEncrypt", "Effect": "Allow",
+                           "Principal": {"Service": "delivery.logs.amazonaws.com"},
+                           "Action": "kms:GenerateDataKey*", "Resource": "*",
+                           "Condition": {"StringEquals": {"aws:SourceAccount": settings.account_id},
+                                         "ArnLike": {"aws:SourceArn": arns.log_delivery_sources()}}})
+    return statements
+
+
+def s3_notification_key_statement() -> Statement:
+    """AWS's documented statement, as written there: S3 encrypts each notification with the queue's key."""
+    return {"Sid": "SocfeedsS3NotifyEncryptedQueue", "Effect": "Allow", "Principal": {"Service": "s3.amazonaws.com"},
+            "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": "*"}
+
+
+def services_of(statement: Statement) -> list[str]:
+    principal = statement.get("Principal")
+    return [str(p) for p in as_list(principal.get("Service", []))] if isinstance(principal, dict) else []
+
+
+def grants_service(doc: Document, wanted: Statement, resource: str) -> bool:
+    """Whether a key policy (whoever wrote it) lets the wanted statement's service do each of its actions.
+
+    Conditions are not compared: an equivalent foreign statement counts, as it does for AWS."""
+    service = services_of(wanted)[0]
+    theirs = [s for s in as_list(doc.get("Statement", [])) if service in services_of(s)]
+    return all(allows(theirs, action.rstrip("*"), resource) for action in as_list(wanted["Action"]))
+
+
+def iam_delegation_statement(settings: Settings) -> Statement:
+    """AWS's default key-policy statement: without it no IAM policy (the reader's kms:Decrypt, the writer's
+    kms:GenerateDataKey, Firehose's role) can grant use of the key (KMS Developer Guide, "Default key policy")."""
+    return {"Sid": "Enable IAM User Permissions", "Effect": "Allow",
+            "Principal": {"AWS": f"arn:{Arns(settings.region, settings.account_id).partition}:iam::"
+                                 f"{settings.account_id}:root"},
+            "Action": "kms:*", "Resource": "*"}
+
+
+def delegates_to_iam(doc: Document, account_id: str) -> bool:
+    """Whether the key policy lets IAM policies of this account grant the key (root principal, kms:*)."""
+    for statement in as_list(doc.get("Statement", [])):
+        principals = as_list((statement.get("Principal") or {}).get("AWS", []) if isinstance(
+            statement.get("Principal"), dict) else statement.get("Principal"))
+        root = any(p in {account_id, f"arn:aws:iam::{account_id}:root"} or str(p).endswith(f"::{account_id}:root")
+                   for p in principals)
+        if statement.get("Effect") == "Allow" and root and "kms:*" in as_list(statement.get("Action", [])) \
+                and not statement.get("Condition"):
+            return True
+    return False
+
+
+def allows(statements: Iterable[Statement], action: str, resource: str) -> bool:
+    """Whether identity statements allow an action on a resource, as IAM decides it (an explicit Deny wins;
+    wildcards in actions and resources; NotAction/NotResource). Conditions are not evaluated."""
+    allowed = False
+    for statement in statements:
+        if _matches(statement, action, resource):
+            if statement.get("Effect") == "Deny":
+                return False
+            allowed = True
+    return allowed
+
+
+def _matches(statement: Statement, action: str, resource: str) -> bool:
+    def any_match(patterns: Any, value: str, fold: bool) -> bool:
+        return any(fnmatchcase(value.lower() if fold else value, str(p).lower() if fold else str(p))
+                   for p in as_list(patterns))
+
+    action_ok = (any_match(statement["Action"], action, True) if "Action" in statement
+                 else not any_match(statement.get("NotAction", []), action, True))
+    resource_ok = (any_match(statement["Resource"], resource, False) if "Resource" in statement
+                   else not any_match(statement.get("NotResource", []), resource, False))
+    return action_ok and resource_ok

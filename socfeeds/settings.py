@@ -37,6 +37,8 @@ _KMS_ARN_RE = re.compile(r"^arn:aws(-cn|-us-gov)?:kms:[a-z0-9-]+:\d{12}:(key/[0-
 _FEED_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 _IAM_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
 _IAM_PATH_RE = re.compile(r"^/([\x21-\x7e]*/)?$")
+_PRINCIPAL_ARN_RE = re.compile(r"^arn:aws(-cn|-us-gov)?:iam::\d{12}:(role|user)/([\w+=,.@-]+/)*[\w+=,.@-]{1,64}$")
+CANARY_KEY_PREFIX = "socfeeds-canary/"
 
 
 class _Strict(BaseModel):
@@ -131,6 +133,7 @@ class FirehoseFeed(_Strict):
     token_secret_name: str = Field("socfeeds/xsiam-firehose-token", pattern=r"^[A-Za-z0-9/_+=.@-]{1,512}$")
     error_bucket: str = "cp-firehose-errors-{account_id}-{cluster}"
     error_retention_days: int = Field(14, ge=1)
+    error_log_retention_days: int = Field(14, description="Retention of the stream's error log group.")
     buffering_mib: int = Field(1, ge=1, le=64, description="XSIAM advises 1 MiB; production runs 5.")
     buffering_seconds: int = Field(60, ge=0, le=900)
     retry_seconds: int = Field(300, ge=0, le=7200)
@@ -143,7 +146,7 @@ class FirehoseFeed(_Strict):
     backup_objects_fail_at: int = Field(1, ge=1)
     canary_deadline_seconds: int = Field(240, ge=5, le=3600, description="Room for the 60 s buffer and retries.")
 
-    @field_validator("log_retention_days")
+    @field_validator("log_retention_days", "error_log_retention_days")
     @classmethod
     def _retention(cls, value: int) -> int:
         if value not in CLOUDWATCH_RETENTION_DAYS:
@@ -185,10 +188,24 @@ LOG_TYPE_DATASETS: dict[str, str] = {
 class CanarySettings(_Strict):
     writer_role: str = Field("socfeeds-canary-writer", pattern=r"^[\w+=,.@-]{1,64}$",
                              description="Role the canary writes with: PutObject/DeleteObject, PutLogEvents only.")
-    writer_trusted_principals: list[str] = Field(
-        default_factory=list, description="ARNs that may assume the writer role: the flows' own execution role "
-        "(recommended). Empty means any identity of this account allowed sts:AssumeRole.")
+    writer_trusted_principals: list[str] | None = Field(
+        None, description="Role or user ARNs that may assume the writer role. Unset: the flows' own identity "
+        "(the role they run as, read from STS at the start of each run). Never the account root.")
     latency_history: int = Field(30, ge=1, le=500, description="Latencies kept per feed to show drift.")
+
+    @field_validator("writer_trusted_principals")
+    @classmethod
+    def _named_principals(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("an empty list trusts nobody and cannot run the canary: name the flows' role ARN, "
+                             "or leave the field unset to trust the identity the flows run as")
+        bad = [arn for arn in value if not _PRINCIPAL_ARN_RE.match(arn)]
+        if bad:
+            raise ValueError(f"{bad} are not IAM role or user ARNs (arn:aws:iam::<account>:role/<name>); "
+                             "the account root and wildcards are refused")
+        return value
 
 
 class RotationPolicy(_Strict):
@@ -317,6 +334,10 @@ class Settings(BaseSettings):
         description="Emulator only: leave condition-scoped Deny statements (TLS-only) out of bucket "
         "policies, because moto enforces them with their conditions ignored.",
     )
+    kms_key_policies: Literal["merge", "report"] = Field(
+        "merge", description="merge: provision adds the key-policy statements AWS services need (Sid prefix "
+        "Socfeeds) to each feed key, keeping every other statement. report: the platform owns the keys; provision "
+        "changes no key policy and lists the statements to add. verify checks them either way.")
     vpc_id: str | None = Field(None, description="The platform VPC, for flow logs and resolver logging.")
     eks_cluster_name: str | None = Field(None, description="The platform's EKS cluster (never created here).")
     s3_feeds: dict[str, S3Feed] = Field(default_factory=default_s3_feeds)
@@ -456,6 +477,12 @@ def check_endpoint_url(field: str, url: str) -> str:
     if not is_https_or_loopback(url):
         raise ValueError(f"{field}: {url!r} must be an https:// URL (http only for a 127.0.0.1 stand-in)")
     return url
+
+
+def canary_key_prefix(feed_name: str) -> str:
+    """Where the canary writes a feed's synthetic objects: apart from real logs, so the writer can touch nothing
+    else and a one-day lifecycle rule can expire them (current and noncurrent versions)."""
+    return f"{CANARY_KEY_PREFIX}{feed_name}/"
 
 
 def log_key_prefix(feed: S3Feed, account_id: str) -> str:

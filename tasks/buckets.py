@@ -12,10 +12,14 @@ from socfeeds import policies
 from socfeeds.arns import Arns
 from socfeeds.aws import AwsClients, absent_on, error_code
 from socfeeds.report import Change, ChangesFor, Finding, FindingsFor, Status
-from socfeeds.settings import XSIAM_MIN_RETENTION_DAYS, S3Feed, Settings, log_key_prefix
+from socfeeds.settings import CANARY_KEY_PREFIX, XSIAM_MIN_RETENTION_DAYS, S3Feed, Settings, log_key_prefix
 from tasks._task import aws_task
+from tasks.kms import KeyUser, canary_writer, check_key_use, reader
 
 RETENTION_RULE_ID = "socfeeds-retention"
+CANARY_RULE_ID = "socfeeds-canary-expiry"
+UPLOADS_RULE_ID = "socfeeds-abort-incomplete-uploads"
+OWNER_ENFORCED = "BucketOwnerEnforced"  # ACLs off: the bucket owner owns every object, whoever wrote it
 PUBLIC_ACCESS_BLOCKED = {
     "BlockPublicAcls": True,
     "IgnorePublicAcls": True,
@@ -37,6 +41,9 @@ class BucketSpec:
     omit_conditional_denies: bool
     region: str
     account_id: str
+    has_canary_objects: bool = False  # a canary prefix to expire after a day
+    key_users: tuple[KeyUser, ...] = ()  # who must be able to use the bucket's KMS key, if it has one
+    key_services: tuple[policies.Statement, ...] = ()  # key-policy statements its writing service needs
 
     @property
     def arn(self) -> str:
@@ -48,9 +55,12 @@ class BucketSpec:
 
 
 def feed_bucket(feed: S3Feed, settings: Settings) -> BucketSpec:
+    services = [s for s in policies.key_service_statements(settings, [feed])
+                if "s3.amazonaws.com" not in policies.services_of(s)]  # S3 itself needs the key for the queue
     return BucketSpec(feed.bucket, feed.retention_days, feed.versioning, feed.kms_key_arn,
                       policies.source_write_statements(feed, settings), log_key_prefix(feed, settings.account_id),
-                      settings.omit_conditional_denies, settings.region, settings.account_id)
+                      settings.omit_conditional_denies, settings.region, settings.account_id, has_canary_objects=True,
+                      key_users=(reader(settings), canary_writer(settings)), key_services=tuple(services))
 
 
 def _encryption_rule(spec: BucketSpec) -> dict[str, Any]:
@@ -70,6 +80,33 @@ def _retention_rule(spec: BucketSpec) -> dict[str, Any]:
     if spec.versioning:
         rule["NoncurrentVersionExpiration"] = {"NoncurrentDays": spec.retention_days}
     return rule
+
+
+def lifecycle_rules(spec: BucketSpec) -> list[dict[str, Any]]:
+    """The rules socfeeds owns (by ID): retention; abandoned multipart uploads; canary objects after a day.
+
+    The canary rule expires current and noncurrent versions, and with a current-version expiration S3 also
+    removes the delete marker left behind (S3 User Guide, "Managing delete markers"), so in a versioned
+    bucket no canary object, version or marker outlives two days.
+    """
+    rules = [_retention_rule(spec), {"ID": UPLOADS_RULE_ID, "Filter": {"Prefix": ""}, "Status": "Enabled",
+                                     "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7}}]
+    if spec.has_canary_objects:
+        rules.append({"ID": CANARY_RULE_ID, "Filter": {"Prefix": CANARY_KEY_PREFIX}, "Status": "Enabled",
+                      "Expiration": {"Days": 1}, "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+                      "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}})
+    return rules
+
+
+def _has_rule(current: list[dict[str, Any]], wanted: dict[str, Any]) -> bool:
+    """S3 may add members it defaults (e.g. NewerNoncurrentVersions); every member we set must match."""
+    return any(all(rule.get(k) == v for k, v in wanted.items()) for rule in current)
+
+
+def _ownership(aws: AwsClients, bucket: str) -> str | None:
+    answer = absent_on({"OwnershipControlsNotFoundError"}, aws.s3.get_bucket_ownership_controls, Bucket=bucket)
+    rules = answer["OwnershipControls"]["Rules"] if answer else []
+    return str(rules[0]["ObjectOwnership"]) if rules else None
 
 
 def bucket_exists(aws: AwsClients, bucket: str) -> bool:
@@ -122,6 +159,11 @@ def ensure_bucket_state(aws: AwsClients, spec: BucketSpec, changes: ChangesFor) 
         changes.make("create bucket", f"in {spec.region}",
                      lambda: aws.s3.create_bucket(Bucket=bucket, **location))  # type: ignore[arg-type]
 
+    if not exists or _ownership(aws, bucket) != OWNER_ENFORCED:
+        changes.make("enforce bucket owner", f"Object Ownership {OWNER_ENFORCED} (ACLs off)",
+                     lambda: aws.s3.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls=cast(Any, {
+                         "Rules": [{"ObjectOwnership": OWNER_ENFORCED}]})))
+
     if not exists or _public_access(aws, bucket) != PUBLIC_ACCESS_BLOCKED:
         changes.make("block public access", "all four public access block settings on",
                      lambda: aws.s3.put_public_access_block(
@@ -141,12 +183,17 @@ def ensure_bucket_state(aws: AwsClients, spec: BucketSpec, changes: ChangesFor) 
                          Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}))
 
     current_rules = _lifecycle_rules(aws, bucket) if exists else []
-    wanted = _retention_rule(spec)
-    if wanted not in current_rules:
-        rules = [r for r in current_rules if r.get("ID") != RETENTION_RULE_ID] + [wanted]
+    wanted = lifecycle_rules(spec)
+    stale = [rule["ID"] for rule in wanted if not _has_rule(current_rules, rule)]
+    if stale:
+        owned = {rule["ID"] for rule in wanted}
+        others = [r for r in current_rules if r.get("ID") not in owned]
+        rules = others + wanted
         note = "" if spec.retention_days >= XSIAM_MIN_RETENTION_DAYS else (
             f" (below XSIAM's advised {XSIAM_MIN_RETENTION_DAYS} days, as settings ask)")
-        changes.make("set retention", f"objects expire after {spec.retention_days} days{note}",
+        canary = "; canary objects expire after 1 day" if spec.has_canary_objects else ""
+        changes.make("set lifecycle rules", f"{', '.join(stale)}: objects expire after {spec.retention_days} days"
+                     f"{note}; incomplete uploads aborted{canary}; {len(others)} other rules kept",
                      lambda: aws.s3.put_bucket_lifecycle_configuration(
                          Bucket=bucket, LifecycleConfiguration={"Rules": rules}))  # type: ignore[typeddict-item]
 
@@ -173,11 +220,11 @@ def effective_expiry_days(rules: list[dict[str, Any]], key_prefix: str) -> int |
 def check_bucket(aws: AwsClients, settings: Settings, feed_name: str) -> list[Finding]:
     spec = feed_bucket(settings.s3_feeds[feed_name], settings)
     check = FindingsFor(feed_name, f"s3://{spec.name}")
-    check_bucket_state(aws, spec, check)
+    check_bucket_state(aws, settings, spec, check)
     return check.findings
 
 
-def check_bucket_state(aws: AwsClients, spec: BucketSpec, check: FindingsFor) -> None:
+def check_bucket_state(aws: AwsClients, settings: Settings, spec: BucketSpec, check: FindingsFor) -> None:
     bucket = spec.name
     fix = "run provision-feeds for this feed"
     if not check.expect("exists", bucket_exists(aws, bucket), "bucket exists",
@@ -192,6 +239,12 @@ def check_bucket_state(aws: AwsClients, spec: BucketSpec, check: FindingsFor) ->
                      f"with {spec.kms_key_arn}", fix)
     else:
         check.expect("encryption", bool(algorithms), f"default encryption {algorithms or 'none'}", fix)
+    for key in sorted({str(e["KMSMasterKeyID"]) for e in encryption if e.get("KMSMasterKeyID")}):
+        check_key_use(aws, settings, check, key, list(spec.key_users), list(spec.key_services), spec.kms_key_arn)
+
+    ownership = _ownership(aws, bucket)
+    check.expect("object ownership", ownership == OWNER_ENFORCED, f"Object Ownership {ownership or 'not set'}",
+                 f"{fix} (sets {OWNER_ENFORCED}: ACLs off, the bucket owner owns every object)")
 
     blocked = _public_access(aws, bucket)
     off = sorted(k for k in PUBLIC_ACCESS_BLOCKED if not blocked.get(k))
@@ -212,8 +265,18 @@ def check_bucket_state(aws: AwsClients, spec: BucketSpec, check: FindingsFor) ->
         status = aws.s3.get_bucket_versioning(Bucket=bucket).get("Status", "never enabled")
         check.expect("versioning", status == "Enabled", f"versioning {status}", fix)
 
-    expiry = effective_expiry_days(_lifecycle_rules(aws, bucket), spec.log_prefix)
+    rules = _lifecycle_rules(aws, bucket)
+    expiry = effective_expiry_days(rules, spec.log_prefix)
     _check_retention(check, spec.retention_days, expiry)
+    by_id = {rule["ID"]: rule for rule in lifecycle_rules(spec)}
+    uploads = _has_rule(rules, by_id[UPLOADS_RULE_ID])
+    check.expect("incomplete uploads", uploads, "aborted after 7 days" if uploads else
+                 "no rule aborts incomplete multipart uploads (their parts are stored and billed forever)", fix)
+    if spec.has_canary_objects:
+        canary = _has_rule(rules, by_id[CANARY_RULE_ID])
+        check.expect("canary expiry", canary, f"{CANARY_KEY_PREFIX} objects and versions expire after 1 day"
+                     if canary else f"no rule expires {CANARY_KEY_PREFIX}: canary objects and versions accumulate",
+                     fix)
 
 
 def _check_retention(check: FindingsFor, wanted: int, expiry: int | None) -> None:

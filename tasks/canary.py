@@ -12,6 +12,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote_plus
@@ -23,10 +24,11 @@ from pydantic import BaseModel, ConfigDict
 from socfeeds import formats, policies
 from socfeeds.arns import Arns
 from socfeeds.aws import AwsClients
-from socfeeds.report import Change, ChangesFor, Finding, FindingsFor
-from socfeeds.settings import LOG_TYPE_DATASETS, FirehoseFeed, S3Feed, Settings
+from socfeeds.report import Change, ChangesFor, Finding, FindingsFor, Status
+from socfeeds.settings import LOG_TYPE_DATASETS, FirehoseFeed, S3Feed, Settings, canary_key_prefix
 from tasks._task import aws_task
 from tasks.firehose import backed_up_records
+from tasks.iam import granted_statements
 from tasks.queues import queue_url
 from tasks.roles import check_role, ensure_role
 from tasks.xql import XqlClient, XqlError
@@ -92,13 +94,19 @@ def check_canary_writer(aws: AwsClients, settings: Settings) -> list[Finding]:
     check_role(aws, check, settings.canary.writer_role,
                policies.canary_writer_trust(settings),
                policies.canary_writer_policy(settings))
+    if check.findings[0].status is Status.PASS:  # the role exists
+        reach = policies.canary_scope_problems(granted_statements(aws, "role", settings.canary.writer_role), settings)
+        check.expect("canary scope", not reach, "; ".join(reach) if reach else
+                     "writes only under canary prefixes and canary log streams: it can neither forge nor hide "
+                     "real logs", f"remove these grants from {settings.canary.writer_role}; provision-feeds "
+                     "rewrites its socfeeds policy")
     return check.findings
 
 
 def writer_clients(aws: AwsClients, settings: Settings, run_tag: str) -> AwsClients:
     """Clients acting as the canary writer role (assumed with the flow's own identity)."""
     credentials = aws.sts.assume_role(RoleArn=_writer_role_arn(settings),
-                                      RoleSessionName=f"socfeeds-canary-{run_tag}")["Credentials"]
+                                      RoleSessionName=_session_name(run_tag))["Credentials"]
     session = boto3.session.Session(credentials["AccessKeyId"], credentials["SecretAccessKey"],
                                     credentials["SessionToken"])
     return AwsClients(session, settings.region, settings.endpoint_url)
@@ -168,11 +176,17 @@ def find_in_siem(xql: XqlClient, dataset: str, marker: str, since_ms: int, deadl
 
 # --- the canaries ----------------------------------------------------------------------------
 
-def _origin(settings: Settings, feed: S3Feed) -> formats.Origin:
+def _origin(settings: Settings, feed: S3Feed, run_tag: str) -> formats.Origin:
+    """The record claims what wrote it: the writer role's session, as CloudTrail would name it."""
     source = feed.source
     vpc = getattr(source, "vpc_id", None) or settings.vpc_id or "vpc-00000000"
     prefix = getattr(source, "key_prefix", "logs")
-    return formats.Origin(settings.account_id, settings.region, vpc_id=vpc, key_prefix=prefix)
+    return formats.Origin(settings.account_id, settings.region, vpc_id=vpc, key_prefix=prefix,
+                          writer_role=settings.canary.writer_role, session_name=_session_name(run_tag))
+
+
+def _session_name(run_tag: str) -> str:
+    return f"socfeeds-canary-{run_tag}"
 
 
 @aws_task("canary")
@@ -187,7 +201,8 @@ def _canary_s3(aws: AwsClients, writer: AwsClients, xql: XqlClient | None, setti
                feed_name: str, run_tag: str) -> CanaryResult:
     feed = settings.s3_feeds[feed_name]
     marker = marker_for(run_tag, feed_name)
-    obj = formats.synthetic_object(feed.log_type, _origin(settings, feed), marker, datetime.now(UTC))
+    real = formats.synthetic_object(feed.log_type, _origin(settings, feed, run_tag), marker, datetime.now(UTC))
+    obj = replace(real, key=canary_key_prefix(feed_name) + real.key)  # real layout, under the canary's own prefix
     outcome = Outcome(feed_name, feed.canary_strategy)
     since_ms = int(time.time() * 1000)
     extra: dict[str, Any] = {"ContentEncoding": obj.content_encoding} if obj.content_encoding else {}
@@ -242,32 +257,19 @@ def _confirm_siem(xql: XqlClient | None, dataset: str, marker: str, since_ms: in
                           "check the reader key XSIAM holds and the data source's status in XSIAM")
 
 
-def audit_line(marker: str, at: datetime) -> str:
-    """A Kubernetes audit event, as the kube-apiserver-audit stream carries them, marked as a canary."""
-    return json.dumps({
-        "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "auditID": marker,
-        "stage": "ResponseComplete", "requestURI": "/api/v1/namespaces/default/pods", "verb": "list",
-        "user": {"username": formats.CANARY_AGENT, "groups": ["system:authenticated"]},
-        "sourceIPs": ["192.0.2.10"], "userAgent": f"{formats.CANARY_AGENT}/{marker}",
-        "objectRef": {"resource": "pods", "namespace": "default", "apiVersion": "v1"},
-        "responseStatus": {"metadata": {}, "code": 200},
-        "requestReceivedTimestamp": at.isoformat().replace("+00:00", "Z"),
-        "stageTimestamp": at.isoformat().replace("+00:00", "Z"),
-    })
-
-
 def _canary_firehose(aws: AwsClients, writer: AwsClients, xql: XqlClient | None, settings: Settings,
                      feed_name: str, run_tag: str) -> CanaryResult:
     feed = settings.firehose_feeds[feed_name]
     marker = marker_for(run_tag, feed_name)
     outcome = Outcome(feed_name, "siem")
-    stream = f"canary-{run_tag}-{int(time.time())}"
+    stream = f"{policies.CANARY_STREAM_PREFIX}{run_tag}-{int(time.time())}"  # an audit stream, by its name
     now = datetime.now(UTC)
     try:
         writer.logs.create_log_stream(logGroupName=feed.log_group, logStreamName=stream)
         writer.logs.put_log_events(logGroupName=feed.log_group, logStreamName=stream, logEvents=[
-            {"timestamp": int(now.timestamp() * 1000), "message": audit_line(marker, now)}])
+            {"timestamp": int(now.timestamp() * 1000), "message": formats.eks_audit_event(marker, now)}])
     except (ClientError, BotoCoreError) as error:
+        _delete_stream(writer, feed, stream)
         return outcome.failed("write", f"PutLogEvents {feed.log_group}:{stream}: {error}",
                               "run verify-feeds (log group) and check the canary writer role (provision-feeds)")
     outcome.written_at = time.monotonic()
@@ -280,7 +282,15 @@ def _canary_firehose(aws: AwsClients, writer: AwsClients, xql: XqlClient | None,
                 return f"delivery failed and the event went to s3://{feed.error_bucket}/{key}: {message}"
         return None
 
-    return _confirm_siem(xql, LOG_TYPE_DATASETS["EKS"], marker, int(now.timestamp() * 1000),
-                         outcome.written_at + feed.canary_deadline_seconds, outcome, feed, also=backed_up,
-                         missing_leg="delivery")
+    try:
+        return _confirm_siem(xql, LOG_TYPE_DATASETS["EKS"], marker, int(now.timestamp() * 1000),
+                             outcome.written_at + feed.canary_deadline_seconds, outcome, feed, also=backed_up,
+                             missing_leg="delivery")
+    finally:  # once confirmed (or given up on) the stream has served its purpose: none is left behind
+        _delete_stream(writer, feed, stream)
+
+
+def _delete_stream(writer: AwsClients, feed: FirehoseFeed, stream: str) -> None:
+    with contextlib.suppress(ClientError, BotoCoreError):
+        writer.logs.delete_log_stream(logGroupName=feed.log_group, logStreamName=stream)
 

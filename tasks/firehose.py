@@ -22,6 +22,7 @@ from socfeeds.report import Change, ChangesFor, Finding, FindingsFor, Status
 from socfeeds.settings import FirehoseFeed, Settings, check_endpoint_url
 from tasks._task import aws_task
 from tasks.buckets import BucketSpec, check_bucket_state, ensure_bucket_state
+from tasks.kms import KeyUser
 from tasks.roles import check_role, ensure_role
 
 ERROR_LOG_STREAM = "DestinationDelivery"
@@ -35,8 +36,26 @@ class MissingToken(RuntimeError):
 
 
 def error_bucket(feed: FirehoseFeed, settings: Settings) -> BucketSpec:
+    writer = KeyUser("firehose role", "role", feed.firehose_role, ("kms:Decrypt", "kms:GenerateDataKey"))
     return BucketSpec(feed.error_bucket, feed.error_retention_days, False, feed.kms_key_arn, [], "",
-                      settings.omit_conditional_denies, settings.region, settings.account_id)
+                      settings.omit_conditional_denies, settings.region, settings.account_id, key_users=(writer,))
+
+
+def stream_encryption(feed: FirehoseFeed) -> dict[str, str]:
+    """Encrypted at rest always: the customer key when declared, else an AWS-owned key (free, no key policy)."""
+    if feed.kms_key_arn:
+        return {"KeyType": "CUSTOMER_MANAGED_CMK", "KeyARN": feed.kms_key_arn}
+    return {"KeyType": "AWS_OWNED_CMK"}
+
+
+def encryption_drift(description: dict[str, Any], wanted: dict[str, str]) -> str | None:
+    """How the stream's encryption differs from the declaration, None when it matches (or is being enabled)."""
+    current = description.get("DeliveryStreamEncryptionConfiguration") or {}
+    status = current.get("Status", "DISABLED")
+    if status not in {"ENABLED", "ENABLING"}:
+        return f"encryption {status}"
+    mismatched = [k for k, v in wanted.items() if current.get(k) != v]
+    return f"encryption {', '.join(f'{k} {current.get(k)}' for k in mismatched)}" if mismatched else None
 
 
 def _arns(settings: Settings) -> Arns:
@@ -198,32 +217,37 @@ def ensure_delivery_stream(aws: AwsClients, settings: Settings, feed_name: str, 
     bucket_changes = ChangesFor(feed_name, f"s3://{feed.error_bucket}", dry_run)
     ensure_bucket_state(aws, error_bucket(feed, settings), bucket_changes)
     changes = ChangesFor(feed_name, f"firehose:{feed.delivery_stream}", dry_run)
-    _ensure_log_group(aws, changes, feed.error_log_group, None, stream=ERROR_LOG_STREAM)
+    _ensure_log_group(aws, changes, feed.error_log_group, feed.error_log_retention_days, stream=ERROR_LOG_STREAM)
     ensure_role(aws, changes, feed.firehose_role, policies.firehose_role_trust(settings.account_id),
                 firehose_role_policy(feed, settings, secret_arn), f"Firehose {feed.delivery_stream} to XSIAM")
 
     url = endpoint_url(aws, feed, settings)
     wanted, backup = http_destination(feed, settings, url, secret_arn), backup_configuration(feed, settings)
     current = describe_stream(aws, feed.delivery_stream)
+    encryption = stream_encryption(feed)
     if current is None:
-        encryption = {"DeliveryStreamEncryptionConfigurationInput": {
-            "KeyType": "CUSTOMER_MANAGED_CMK", "KeyARN": feed.kms_key_arn}} if feed.kms_key_arn else {}
-
         def create() -> None:
             until_accepted(aws.firehose.create_delivery_stream, {
                 "DeliveryStreamName": feed.delivery_stream, "DeliveryStreamType": "DirectPut",
-                "HttpEndpointDestinationConfiguration": {**wanted, "S3Configuration": backup}, **encryption,
+                "HttpEndpointDestinationConfiguration": {**wanted, "S3Configuration": backup},
+                "DeliveryStreamEncryptionConfigurationInput": encryption,
             }, IAM_PROPAGATION)
             _wait_active(aws, feed.delivery_stream)
 
         changes.make("create delivery stream", f"HTTP endpoint (GZIP, {feed.buffering_mib} MiB / "
                      f"{feed.buffering_seconds} s, retry {feed.retry_seconds} s, failed data to "
-                     f"s3://{feed.error_bucket})", create)
-    elif drift := stream_drift(current, wanted, backup):
+                     f"s3://{feed.error_bucket}, encrypted with {encryption['KeyType']})", create)
+        return bucket_changes.changes + changes.changes
+    if drift := stream_drift(current, wanted, backup):
         destination_id = current["Destinations"][0]["DestinationId"]
         changes.make("update delivery stream", f"in place: {', '.join(drift)}", lambda: aws.firehose.update_destination(
             DeliveryStreamName=feed.delivery_stream, CurrentDeliveryStreamVersionId=current["VersionId"],
             DestinationId=destination_id, HttpEndpointDestinationUpdate=cast(Any, {**wanted, "S3Update": backup})))
+    if drift_note := encryption_drift(current, encryption):
+        changes.make("encrypt delivery stream", f"{drift_note} -> {encryption['KeyType']} (in place)",
+                     lambda: aws.firehose.start_delivery_stream_encryption(
+                         DeliveryStreamName=feed.delivery_stream,
+                         DeliveryStreamEncryptionConfigurationInput=cast(Any, encryption)))
     return bucket_changes.changes + changes.changes
 
 
@@ -287,9 +311,16 @@ def check_delivery_stream(aws: AwsClients, settings: Settings, feed_name: str) -
         drift = stream_drift(stream, http_destination(feed, settings, url, secret_arn or ""),
                              backup_configuration(feed, settings))
         check.expect("declared settings", not drift, f"differs: {', '.join(drift)}" if drift else "as declared", FIX)
+        encryption = stream_encryption(feed)
+        unencrypted = encryption_drift(stream, encryption)
+        check.expect("encryption at rest", not unencrypted, unencrypted or f"{encryption['KeyType']} as declared", FIX)
+    group = _log_group(aws, feed.error_log_group)
+    retention = group.get("retentionInDays") if group else "missing"
+    check.expect("error log retention", retention == feed.error_log_retention_days,
+                 f"{feed.error_log_group}: {retention} days (settings: {feed.error_log_retention_days})", FIX)
 
     bucket = FindingsFor(feed_name, f"s3://{feed.error_bucket}")
-    check_bucket_state(aws, error_bucket(feed, settings), bucket)
+    check_bucket_state(aws, settings, error_bucket(feed, settings), bucket)
     if secret_arn:
         check_role(aws, check, feed.firehose_role, policies.firehose_role_trust(settings.account_id),
                    firehose_role_policy(feed, settings, secret_arn))

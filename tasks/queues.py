@@ -11,6 +11,7 @@ from socfeeds.aws import AwsClients, absent_on
 from socfeeds.report import Change, ChangesFor, Finding, FindingsFor, Status
 from socfeeds.settings import S3Feed, Settings
 from tasks._task import aws_task
+from tasks.kms import check_key_use, reader
 
 QUEUE_ABSENT = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 DLQ_RETENTION_SECONDS = 1_209_600  # the SQS maximum: time to notice and redrive
@@ -22,8 +23,11 @@ def _encryption(feed: S3Feed) -> dict[str, str]:
     return {"SqsManagedSseEnabled": "true"}
 
 
-def dlq_attributes(feed: S3Feed) -> dict[str, str]:
-    return {"MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS), **_encryption(feed)}
+def dlq_attributes(feed: S3Feed, settings: Settings) -> dict[str, str]:
+    """Kept longest, and a dead-letter queue for the feed queue alone (RedriveAllowPolicy byQueue)."""
+    source = Arns(settings.region, settings.account_id).queue(feed.queue)
+    return {"MessageRetentionPeriod": str(DLQ_RETENTION_SECONDS), **_encryption(feed),
+            "RedriveAllowPolicy": json.dumps({"redrivePermission": "byQueue", "sourceQueueArns": [source]})}
 
 
 def queue_attributes(feed: S3Feed, settings: Settings) -> dict[str, str]:
@@ -56,7 +60,7 @@ def _same(name: str, current: str | None, wanted: str) -> bool:
     """Attribute equality as SQS means it (JSON attributes compare as documents)."""
     if current is None:
         return False
-    if name in {"Policy", "RedrivePolicy"}:
+    if name in {"Policy", "RedrivePolicy", "RedriveAllowPolicy"}:
         return bool(policies.canonical(_json_with_str_numbers(current))
                     == policies.canonical(_json_with_str_numbers(wanted)))
     return current == wanted
@@ -84,7 +88,7 @@ def ensure_queues(aws: AwsClients, settings: Settings, feed_name: str, dry_run: 
     """The dead-letter queue first (the redrive policy names it), then the feed queue."""
     feed = settings.s3_feeds[feed_name]
     changes = ChangesFor(feed_name, f"sqs:{feed.queue}", dry_run)
-    _ensure_queue(aws, changes, feed.dlq_name, dlq_attributes(feed))
+    _ensure_queue(aws, changes, feed.dlq_name, dlq_attributes(feed, settings))
     _ensure_queue(aws, changes, feed.queue, queue_attributes(feed, settings))
     return changes.changes
 
@@ -107,9 +111,13 @@ def check_queue(aws: AwsClients, settings: Settings, feed_name: str) -> list[Fin
 
     sse = attributes.get("SqsManagedSseEnabled") == "true" or bool(attributes.get("KmsMasterKeyId"))
     check.expect("encryption", sse, "SSE on" if sse else "SSE off", fix)
-    if attributes.get("KmsMasterKeyId") == "alias/aws/sqs":
+    key = attributes.get("KmsMasterKeyId")
+    if key == "alias/aws/sqs":
         check.add("encryption key", Status.FAIL, "AWS-managed alias/aws/sqs silently drops S3 notifications",
                   "use SSE-SQS or a customer-managed key that s3.amazonaws.com may use")
+    elif key:
+        check_key_use(aws, settings, check, key, [reader(settings)], [policies.s3_notification_key_statement()],
+                      feed.kms_key_arn)
 
     redrive = json.loads(attributes.get("RedrivePolicy", "{}"))
     target = redrive.get("deadLetterTargetArn")
@@ -130,7 +138,14 @@ def check_queue(aws: AwsClients, settings: Settings, feed_name: str) -> list[Fin
                  "XSIAM is not keeping up or not reading: check the data source's status and the reader key",
                  failing=Status.WARN)
     if dlq_url is not None:
-        dead = _depth(_attributes(aws, dlq_url, "ApproximateNumberOfMessages"))
+        dlq = _attributes(aws, dlq_url, "All")
+        wanted_allow = dlq_attributes(feed, settings)["RedriveAllowPolicy"]
+        check.expect("dead-letter source", _same("RedriveAllowPolicy", dlq.get("RedriveAllowPolicy"), wanted_allow),
+                     f"{feed.dlq_name} accepts dead letters only from {feed.queue}" if _same(
+                         "RedriveAllowPolicy", dlq.get("RedriveAllowPolicy"), wanted_allow) else
+                     f"{feed.dlq_name} redrive allow policy: {dlq.get('RedriveAllowPolicy', 'not set (any queue)')}",
+                     fix)
+        dead = _depth(dlq)
         dlq_limit = settings.backlog.max_dlq_messages
         check.expect("dead letters", dead <= dlq_limit, f"{dead} messages in {feed.dlq_name} (limit {dlq_limit})",
                      "XSIAM failed these objects 4 times: inspect them, fix the cause, then redrive "

@@ -47,7 +47,7 @@ def external_id(aws: AwsClients, settings: Settings) -> str:
     return str(answer["Parameter"]["Value"])
 
 
-def _principal(settings: Settings) -> tuple[Literal["user", "role"], str]:
+def reader_principal(settings: Settings) -> tuple[Literal["user", "role"], str]:
     reader = settings.reader
     return ("role", reader.role_name) if reader.mode == "role" else ("user", reader.user_name)
 
@@ -55,7 +55,7 @@ def _principal(settings: Settings) -> tuple[Literal["user", "role"], str]:
 @aws_task("ensure-reader", per_feed=False)
 def ensure_reader(aws: AwsClients, settings: Settings, dry_run: bool) -> list[Change]:
     reader = settings.reader
-    kind, name = _principal(settings)
+    kind, name = reader_principal(settings)
     changes = ChangesFor(READER, f"iam-{kind}:{name}", dry_run)
     wanted = policies.reader_policy(settings)
     policy_arn = _policy_arn(settings)
@@ -104,7 +104,7 @@ def _attached(aws: AwsClients, kind: str, name: str) -> list[str]:
 @aws_task("check-reader", per_feed=False)
 def check_reader(aws: AwsClients, settings: Settings) -> list[Finding]:
     reader = settings.reader
-    kind, name = _principal(settings)
+    kind, name = reader_principal(settings)
     check = FindingsFor(READER, f"iam-{kind}:{name}")
     fix = "run provision-feeds"
     if kind == "role":

@@ -66,18 +66,21 @@ def check_source(aws: AwsClients, settings: Settings, feed_name: str) -> list[Fi
 
 # --- CloudTrail ------------------------------------------------------------------------------
 
-def _trail_shape(bucket: str) -> dict[str, Any]:
-    return {"S3BucketName": bucket, "IsMultiRegionTrail": True, "IncludeGlobalServiceEvents": True,
-            "LogFileValidationEnabled": True}
+def _trail_shape(feed: S3Feed) -> dict[str, Any]:
+    """With a feed key, the trail encrypts with it (SSE-KMS with the trail's encryption context)."""
+    key = {"KmsKeyId": feed.kms_key_arn} if feed.kms_key_arn else {}
+    return {"S3BucketName": feed.bucket, "IsMultiRegionTrail": True, "IncludeGlobalServiceEvents": True,
+            "LogFileValidationEnabled": True, **key}
 
 
 @ensure_source_wiring.register
 def _(source: CloudTrailSource, aws: AwsClients, settings: Settings, feed: S3Feed, changes: ChangesFor) -> None:
     name = source.trail_name
     trail = absent_on({"TrailNotFoundException"}, aws.cloudtrail.get_trail, Name=name)
-    wanted = _trail_shape(feed.bucket)
+    wanted = _trail_shape(feed)
     arguments = {"Name": name, "S3BucketName": feed.bucket, "IsMultiRegionTrail": True,
-                 "IncludeGlobalServiceEvents": True, "EnableLogFileValidation": True}
+                 "IncludeGlobalServiceEvents": True, "EnableLogFileValidation": True,
+                 **({"KmsKeyId": feed.kms_key_arn} if feed.kms_key_arn else {})}
     if trail is None:
         changes.make("create trail", f"{name}: multi-region, log-file validation, to s3://{feed.bucket}",
                      lambda: aws.cloudtrail.create_trail(**arguments))  # type: ignore[arg-type]
@@ -100,7 +103,7 @@ def _(source: CloudTrailSource, aws: AwsClients, settings: Settings, feed: S3Fee
         return
     assert answer is not None
     trail = answer["Trail"]
-    drift = sorted(k for k, v in _trail_shape(feed.bucket).items() if trail.get(k) != v)
+    drift = sorted(k for k, v in _trail_shape(feed).items() if trail.get(k) != v)
     check.expect("trail settings", not drift, f"differs: {', '.join(drift)}" if drift else
                  "multi-region, global events, log-file validation, to the feed bucket", FIX)
     status = aws.cloudtrail.get_trail_status(Name=name)

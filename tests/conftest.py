@@ -7,6 +7,7 @@ the servers without sharing state and need no reset between them.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -23,12 +24,15 @@ from deployments.local.stack import (
     LocalAws,
     LocalPrefect,
     LocalXsiam,
+    bootstrap_reader_key,
+    collector_feeds,
     flush_prefect_logs,
     local_settings,
     loopback_guard_env,
     write_settings,
 )
 from socfeeds.aws import AwsClients
+from socfeeds.resolve import resolve
 from socfeeds.settings import SETTINGS_FILE_ENV, Settings
 
 _prefixes = itertools.count(1)
@@ -103,7 +107,9 @@ class Stack:
 
     @property
     def settings(self) -> Settings:
-        return Settings()
+        """As a flow run sees them: read from the file, then resolved against AWS (key ARNs, flows' identity)."""
+        plain = Settings()
+        return resolve(plain, self._clients(plain))
 
     def update(self, **changes: Any) -> None:
         """Rewrite the settings file (as an operator would edit it)."""
@@ -112,10 +118,13 @@ class Stack:
 
     @property
     def aws(self) -> AwsClients:
+        return self._clients(Settings())
+
+    def _clients(self, settings: Settings) -> AwsClients:
         assert self.local.admin is not None
         session = boto3.session.Session(aws_access_key_id=self.local.admin.access_key_id,
                                         aws_secret_access_key=self.local.admin.secret_access_key)
-        return AwsClients.from_settings(self.settings, session=session)
+        return AwsClients.from_settings(settings, session=session)
 
     def client(self, service: str) -> Any:
         return self.local.client(service)
@@ -155,3 +164,23 @@ def prefect_events(prefix: str) -> list[dict[str, Any]]:
             if not page.next_page:
                 return events
             page = client.read_events_page(str(page.next_page))
+
+
+@pytest.fixture
+def collecting(stack: Stack, tmp_path: Path) -> Iterator[LocalXsiam]:
+    """The stack provisioned with a stand-in of its own that collects every feed and receives Firehose."""
+    xsiam = LocalXsiam(tmp_path / "tenant", stack.local)
+    xsiam.collect(collector_feeds(stack.local, stack.values), reader_secret_id=stack.settings.reader.secret_name)
+    xsiam.start()
+    stack.update(xsiam={"firehose_url": xsiam.firehose_url, "api_url": xsiam.api_url, "api_key_id": xsiam.api_key_id})
+    [feed] = stack.settings.firehose_feeds.values()
+    stack.client("secretsmanager").put_secret_value(SecretId=feed.token_secret_name,
+                                                    SecretString=json.dumps({"api_key": xsiam.firehose_token}))
+    os.environ["SOCFEEDS_XSIAM_API_KEY"] = xsiam.api_key  # restored by the stack fixture's monkeypatch
+    from flows.provision import provision_feeds
+
+    provision_feeds()
+    bootstrap_reader_key(stack.local, stack.values["reader"])
+    xsiam.reload()
+    yield xsiam
+    xsiam.stop()

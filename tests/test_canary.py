@@ -4,41 +4,25 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from conftest import Stack, prefect_events
 from test_xsiam_standin import eventually
 
-from deployments.local.stack import LocalXsiam, bootstrap_reader_key, collector_feeds
+from deployments.local.stack import LocalXsiam
 from flows.canary import LATENCY_VARIABLE, CanaryFailed, feed_canary
 from flows.provision import provision_feeds
-from tasks.canary import CanaryResult
+from socfeeds.policies import CANARY_STREAM_PREFIX
+from socfeeds.report import Status
+from socfeeds.settings import canary_key_prefix
+from tasks.buckets import ensure_bucket
+from tasks.canary import CanaryResult, check_canary_writer, ensure_canary_writer, writer_clients
+from tasks.firehose import ensure_cluster_logging
 from tasks.queues import queue_url
 
 EKS = "eks-control-plane"
-
-
-@pytest.fixture
-def collecting(stack: Stack, tmp_path: Path) -> Iterator[LocalXsiam]:
-    """The stack provisioned with a stand-in of its own that collects every feed and receives Firehose."""
-    xsiam = LocalXsiam(tmp_path / "tenant", stack.local)
-    xsiam.collect(collector_feeds(stack.local, stack.values), reader_secret_id=stack.settings.reader.secret_name)
-    xsiam.start()
-    stack.update(xsiam={"firehose_url": xsiam.firehose_url, "api_url": xsiam.api_url, "api_key_id": xsiam.api_key_id})
-    feed = stack.settings.firehose_feeds[EKS]
-    stack.client("secretsmanager").put_secret_value(SecretId=feed.token_secret_name,
-                                                    SecretString=json.dumps({"api_key": xsiam.firehose_token}))
-    import os
-
-    os.environ["SOCFEEDS_XSIAM_API_KEY"] = xsiam.api_key  # restored by the stack fixture's monkeypatch
-    provision_feeds()
-    bootstrap_reader_key(stack.local, stack.values["reader"])
-    xsiam.reload()
-    yield xsiam
-    xsiam.stop()
 
 
 def with_deadlines(stack: Stack, seconds: int, **feed_changes: Any) -> None:
@@ -75,6 +59,50 @@ def test_every_feed_passes_and_leaves_nothing_behind(stack: Stack, collecting: L
     assert passed
     canaries = [e for e in collecting.events() if "socfeeds-canary" in json.dumps(e["raw"])]
     assert {e["dataset"] for e in canaries} == {"aws_s3_raw", "amazon_route53_raw", "amazon_aws_raw", "amazon_eks_raw"}
+    group = stack.settings.firehose_feeds[EKS].log_group  # and the canary's log stream is gone too
+    streams = stack.client("logs").describe_log_streams(logGroupName=group)["logStreams"]
+    assert [s["logStreamName"] for s in streams if s["logStreamName"].startswith(CANARY_STREAM_PREFIX)] == []
+
+
+def test_the_writer_reaches_only_canary_prefixes_and_streams(stack: Stack) -> None:
+    """It can neither hide real logs (delete) nor forge them (write outside its prefix), in any feed bucket."""
+    ensure_canary_writer.fn(stack.aws, stack.settings, False)
+    for name in stack.settings.s3_feeds:
+        ensure_bucket.fn(stack.aws, stack.settings, name, False)
+    ensure_cluster_logging.fn(stack.aws, stack.settings, EKS, False)
+    settings = stack.settings
+    writer, s3 = writer_clients(stack.aws, settings, "scope"), stack.client("s3")
+    for name, feed in settings.s3_feeds.items():
+        real = f"AWSLogs/{settings.account_id}/CloudTrail/eu-west-2/2026/11/28/real.json.gz"
+        s3.put_object(Bucket=feed.bucket, Key=real, Body=b"a real log")
+        for call, arguments in ((writer.s3.delete_object, {"Key": real}),
+                                (writer.s3.put_object, {"Key": real, "Body": b"forged"}),
+                                (writer.s3.put_object, {"Key": f"socfeeds-canary/{name}x/k", "Body": b""})):
+            with pytest.raises(ClientError) as refused:
+                call(Bucket=feed.bucket, **arguments)
+            assert refused.value.response["Error"]["Code"] == "AccessDenied", name
+        assert s3.get_object(Bucket=feed.bucket, Key=real)["Body"].read() == b"a real log"
+        probe = f"{canary_key_prefix(name)}probe"
+        writer.s3.put_object(Bucket=feed.bucket, Key=probe, Body=b"synthetic")
+        writer.s3.delete_object(Bucket=feed.bucket, Key=probe)
+    group = settings.firehose_feeds[EKS].log_group
+    with pytest.raises(ClientError):
+        writer.logs.create_log_stream(logGroupName=group, logStreamName="kube-apiserver-audit-0123456789abcdef")
+    writer.logs.create_log_stream(logGroupName=group, logStreamName=f"{CANARY_STREAM_PREFIX}scope")
+    writer.logs.delete_log_stream(logGroupName=group, logStreamName=f"{CANARY_STREAM_PREFIX}scope")
+
+
+def test_verify_flags_a_writer_that_reaches_real_logs_and_provision_narrows_it(stack: Stack) -> None:
+    ensure_canary_writer.fn(stack.aws, stack.settings, False)
+    bucket = stack.settings.s3_feeds["cloudtrail"].bucket
+    stack.client("iam").put_role_policy(RoleName=stack.settings.canary.writer_role, PolicyName="socfeeds",
+                                        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [
+                                            {"Effect": "Allow", "Action": "s3:DeleteObject",
+                                             "Resource": f"arn:aws:s3:::{bucket}/*"}]}))
+    [scope] = [f for f in check_canary_writer.fn(stack.aws, stack.settings) if f.check == "canary scope"]
+    assert scope.status is Status.FAIL and f"s3:deleteobject on arn:aws:s3:::{bucket}/*" in scope.detail
+    ensure_canary_writer.fn(stack.aws, stack.settings, False)
+    assert all(f.status is Status.PASS for f in check_canary_writer.fn(stack.aws, stack.settings))
 
 
 def test_faults_in_several_feeds_are_each_caught_at_their_leg_by_the_deadline(

@@ -130,6 +130,33 @@ def delete_queue(stack: Stack, feed: str) -> None:
     stack.client("sqs").delete_queue(QueueUrl=_queue(stack, feed))
 
 
+def _keep_rules_except(stack: Stack, feed: str, rule_id: str) -> None:
+    s3, bucket = stack.client("s3"), stack.settings.s3_feeds[feed].bucket
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={
+        "Rules": [r for r in rules if r["ID"] != rule_id]})
+
+
+def drop_canary_expiry(stack: Stack, feed: str) -> None:
+    _keep_rules_except(stack, feed, "socfeeds-canary-expiry")
+
+
+def drop_incomplete_upload_rule(stack: Stack, feed: str) -> None:
+    _keep_rules_except(stack, feed, "socfeeds-abort-incomplete-uploads")
+
+
+def allow_object_acls(stack: Stack, feed: str) -> None:
+    stack.client("s3").put_bucket_ownership_controls(Bucket=stack.settings.s3_feeds[feed].bucket, OwnershipControls={
+        "Rules": [{"ObjectOwnership": "ObjectWriter"}]})
+
+
+def open_dlq_to_every_queue(stack: Stack, feed: str) -> None:
+    dlq = queue_url(stack.aws, stack.settings.s3_feeds[feed].dlq_name)
+    assert dlq is not None
+    stack.client("sqs").set_queue_attributes(QueueUrl=dlq, Attributes={
+        "RedriveAllowPolicy": json.dumps({"redrivePermission": "allowAll"})})
+
+
 FAULTS: list[tuple[str, Fault, str, str]] = [
     # feed, fault, resource prefix, check
     ("cloudtrail", drop_source_account, "sqs:", "queue policy"),
@@ -147,6 +174,10 @@ FAULTS: list[tuple[str, Fault, str, str]] = [
     ("vpc-flow-logs", unwire_dlq, "sqs:", "dead-letter queue"),
     ("vpc-flow-logs", turn_off_queue_sse, "sqs:", "encryption"),
     ("application-logs", delete_queue, "sqs:", "exists"),
+    ("cloudtrail", drop_canary_expiry, "s3://", "canary expiry"),
+    ("application-logs", drop_incomplete_upload_rule, "s3://", "incomplete uploads"),
+    ("vpc-flow-logs", allow_object_acls, "s3://", "object ownership"),
+    ("route53-resolver", open_dlq_to_every_queue, "sqs:", "dead-letter source"),
 ]
 
 

@@ -8,8 +8,16 @@ never matches what botocore signed (an empty payload) and fails with SignatureDo
 AWS signs and checks the empty payload; so does this patch.
 
 2. Resources of CloudWatch Logs actions. moto authorises every Logs call against resource '*',
-so a policy scoped to a log group (the canary writer's) can never allow anything. AWS authorises
-CreateLogStream on the log group ARN and PutLogEvents on the log stream ARN; so does this patch.
+so a policy scoped to a log group (the canary writer's) can never allow anything, nor be refused.
+AWS evaluates an action on a log stream (a logStreamName in the request: CreateLogStream,
+PutLogEvents, GetLogEvents, DeleteLogStream) against `log-group:NAME:log-stream:STREAM`, and every
+other action on a log group against `log-group:NAME:*`, except TagResource, UntagResource and
+ListTagsForResource (their resourceArn) and the legacy TagLogGroup, UntagLogGroup and ListTagsLogGroup,
+which take the bare `log-group:NAME`: a grant on the bare group ARN allows no CreateLogStream.
+This patch evaluates the same forms. Sources: CloudWatch Logs API reference, LogGroup data type, field `arn`
+(https://docs.aws.amazon.com/AmazonCloudWatchLogs/latest/APIReference/API_LogGroup.html), and the
+Service Authorization Reference for CloudWatch Logs, resource types log-group and log-stream
+(https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazoncloudwatchlogs.html).
 """
 
 from __future__ import annotations
@@ -19,6 +27,10 @@ from typing import Any
 from botocore.awsrequest import AWSRequest
 from moto.iam.access_control import IAMRequestBase
 from moto.logs.responses import LogsResponse
+from moto.utilities.utils import get_partition
+
+_RESOURCE_ARN_TAGGING = {"TagResource", "UntagResource", "ListTagsForResource"}
+_LEGACY_TAGGING = {"TagLogGroup", "UntagLogGroup", "ListTagsLogGroup"}
 
 _original = IAMRequestBase._create_aws_request
 
@@ -36,12 +48,18 @@ def apply() -> None:
 
 
 def _logs_resource(self: Any) -> str:
-    """CloudWatch Logs actions are authorised on the log group / log stream ARN, as in AWS (moto: '*')."""
-    group = self._get_param("logGroupName")
-    if not group:
+    """The ARN AWS authorises a CloudWatch Logs action against (moto: '*')."""
+    action = self._get_action()
+    if action in _RESOURCE_ARN_TAGGING:
+        return str(self._get_param("resourceArn") or "*")
+    identifier = self._get_param("logGroupName") or self._get_param("logGroupIdentifier")
+    if not identifier:
         return "*"
-    arn = f"arn:aws:logs:{self.region}:{self.current_account}:log-group:{group}"
+    if identifier.startswith("arn:"):  # logGroupIdentifier may be the group's ARN, with or without ":*"
+        group = str(identifier).removesuffix(":*")
+    else:
+        group = f"arn:{get_partition(self.region)}:logs:{self.region}:{self.current_account}:log-group:{identifier}"
+    if action in _LEGACY_TAGGING:
+        return group
     stream = self._get_param("logStreamName")
-    if self._get_action() == "PutLogEvents" and stream:
-        return f"{arn}:log-stream:{stream}"
-    return arn
+    return f"{group}:log-stream:{stream}" if stream else f"{group}:*"

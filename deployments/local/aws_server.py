@@ -12,7 +12,14 @@ import threading
 
 from moto.server import ThreadedMotoServer
 
-from deployments.local import auth_fidelity, firehose_fidelity, secrets_fidelity, sqs_speed
+from deployments.local import (
+    auth_fidelity,
+    firehose_fidelity,
+    kms_fidelity,
+    secrets_fidelity,
+    sqs_speed,
+    state_fidelity,
+)
 
 
 def main() -> None:
@@ -21,8 +28,10 @@ def main() -> None:
     args = parser.parse_args()
     firehose_fidelity.apply()
     auth_fidelity.apply()
+    kms_fidelity.apply()
     sqs_speed.apply()
     secrets_fidelity.apply()
+    state_fidelity.apply()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()
     stop = threading.Event()

@@ -282,9 +282,8 @@ def local_settings(aws: LocalAws, state_dir: Path, xsiam: LocalXsiam, prefix: st
         "eks_cluster_name": cluster,
         "firehose_feeds": {"eks-control-plane": {"token_secret_name": prefix + "socfeeds/xsiam-firehose-token"}},
         "xsiam": {"firehose_url": xsiam.firehose_url, "api_url": xsiam.api_url, "api_key_id": xsiam.api_key_id},
-        "canary": {"writer_role": prefix + "socfeeds-canary-writer",
-                   # moto matches trust principals exactly (no account root) and drops the user path from ARNs
-                   "writer_trusted_principals": [f"arn:aws:iam::{ACCOUNT_ID}:user/{ADMIN_USER}"]},
+        # the writer trusts the flows' own identity (the default): here the admin user, as STS reports it
+        "canary": {"writer_role": prefix + "socfeeds-canary-writer"},
         "reader": {"user_name": prefix + "cortex_xsiam_user", "policy_name": prefix + "socfeeds-xsiam-reader",
                    "secret_name": prefix + "socfeeds/xsiam-reader-access-key"},
     }
