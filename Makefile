@@ -12,11 +12,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
-	$(PY) -m deployments.local.demo
+demo: $(STAMP)  # KMS=1: every feed on one customer-managed KMS key
+	$(PY) -m deployments.local.demo $(if $(KMS),--kms)
 
 up: $(STAMP)
-	$(PY) -m deployments.local.demo --keep
+	$(PY) -m deployments.local.demo --keep $(if $(KMS),--kms)
 
 deploy: $(STAMP)  # to the server in PREFECT_API_URL: prefect.yaml and the alerts (README, Deployments)
 	$(PY) -m deployments.deploy

@@ -124,6 +124,20 @@ def widen_logs_role_trust(stack: Stack) -> None:
                                                  "Action": "sts:AssumeRole"}]}))
 
 
+def stop_stream_encryption(stack: Stack) -> None:
+    stack.client("firehose").stop_delivery_stream_encryption(DeliveryStreamName=eks(stack).delivery_stream)
+
+
+def keep_error_logs_forever(stack: Stack) -> None:
+    stack.client("logs").delete_retention_policy(logGroupName=eks(stack).error_log_group)
+
+
+def drop_source_account_from_firehose_trust(stack: Stack) -> None:
+    stack.client("iam").update_assume_role_policy(RoleName=eks(stack).firehose_role, PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "firehose.amazonaws.com"},
+                                                 "Action": "sts:AssumeRole"}]}))
+
+
 FAULTS: list[tuple[Callable[[Stack], None], str, str]] = [
     (disable_audit_logging, "eks:", "control-plane logging"),
     (remove_filter, "logs:", "subscription filter"),
@@ -131,6 +145,9 @@ FAULTS: list[tuple[Callable[[Stack], None], str, str]] = [
     (turn_off_gzip, "firehose:", "content encoding"),
     (widen_firehose_role, "firehose:", "role {firehose_role} permissions"),
     (widen_logs_role_trust, "logs:", "role {logs_role} trust"),
+    (stop_stream_encryption, "firehose:", "encryption at rest"),
+    (keep_error_logs_forever, "firehose:", "error log retention"),
+    (drop_source_account_from_firehose_trust, "firehose:", "role {firehose_role} trust"),
 ]
 
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import Stack
 from test_canary import EKS, run
 
-from deployments.local.stack import LocalXsiam
+from deployments.local.stack import LocalXsiam, on_customer_key
 from flows.provision import provision_feeds
 from flows.verify import verify_feeds
 from socfeeds import policies
@@ -26,15 +26,9 @@ from tasks.queues import check_queue
 @pytest.fixture
 def feed_key(stack: Stack) -> Iterator[str]:
     """A customer key made as the platform makes one (default key policy), every feed declared on it by alias."""
-    kms = stack.client("kms")
-    key = kms.create_key(Description="socfeeds feeds")["KeyMetadata"]
-    alias = f"alias/{stack.values['reader']['user_name']}-feeds"
-    kms.create_alias(AliasName=alias, TargetKeyId=key["KeyId"])
-    alias_arn = f"arn:aws:kms:{stack.values['region']}:{stack.values['account_id']}:{alias}"
-    stack.update(s3_feeds={name: {**feed, "kms_key_arn": alias_arn} for name, feed in stack.values["s3_feeds"].items()},
-                 firehose_feeds={name: {**feed, "kms_key_arn": alias_arn}
-                                 for name, feed in stack.values["firehose_feeds"].items()})
-    yield str(key["Arn"])
+    values = on_customer_key(stack.local, stack.values, alias=f"alias/{stack.values['reader']['user_name']}-feeds")
+    stack.update(s3_feeds=values["s3_feeds"], firehose_feeds=values["firehose_feeds"])
+    yield str(stack.settings.s3_feeds["cloudtrail"].kms_key_arn)
 
 
 def failing(findings: list[Finding]) -> dict[str, Finding]:

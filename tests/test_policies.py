@@ -174,3 +174,90 @@ def test_review_reports_missing_grants_and_ignores_denies() -> None:
     review = policies.review_grants([*queues_only, deny], doc)
     assert review.excess == []
     assert len(review.missing) == 4 and all(m.startswith("s3:getobject on arn:aws:s3:::") for m in review.missing)
+
+
+KEY = f"arn:aws:kms:eu-west-2:{ACCOUNT}:key/0f6f1e33-1111-4a4a-9b9b-123456789abc"
+
+
+def on_key(**overrides: Any) -> Settings:
+    plain = settings(**overrides)
+    return plain.model_copy(update={"s3_feeds": {n: f.model_copy(update={"kms_key_arn": KEY})
+                                                 for n, f in plain.s3_feeds.items()}})
+
+
+def test_key_policy_statements_are_awss_documented_ones_for_each_service() -> None:
+    s = on_key()
+    statements = by_sid(policies.key_service_statements(s, s.s3_feeds.values()))
+    assert statements["SocfeedsS3NotifyEncryptedQueue"] == {
+        "Sid": "SocfeedsS3NotifyEncryptedQueue", "Effect": "Allow", "Principal": {"Service": "s3.amazonaws.com"},
+        "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": "*"}
+    trail = f"arn:aws:cloudtrail:eu-west-2:{ACCOUNT}:trail/cloud-platform-cloudtrail"
+    assert statements["SocfeedsCloudTrailEncrypt"] == {
+        "Sid": "SocfeedsCloudTrailEncrypt", "Effect": "Allow", "Principal": {"Service": "cloudtrail.amazonaws.com"},
+        "Action": "kms:GenerateDataKey*", "Resource": "*",
+        "Condition": {"StringEquals": {"aws:SourceArn": [trail]},
+                      "StringLike": {"kms:EncryptionContext:aws:cloudtrail:arn":
+                                     f"arn:aws:cloudtrail:*:{ACCOUNT}:trail/*"}}}
+    assert statements["SocfeedsCloudTrailDescribeKey"]["Action"] == "kms:DescribeKey"
+    assert statements["SocfeedsLogDeliveryEncrypt"] == {
+        "Sid": "SocfeedsLogDeliveryEncrypt", "Effect": "Allow",
+        "Principal": {"Service": "delivery.logs.amazonaws.com"}, "Action": "kms:GenerateDataKey*", "Resource": "*",
+        "Condition": {"StringEquals": {"aws:SourceAccount": ACCOUNT},
+                      "ArnLike": {"aws:SourceArn": f"arn:aws:logs:eu-west-2:{ACCOUNT}:*"}}}
+
+
+def test_a_key_only_gets_the_statements_of_the_feeds_that_use_it() -> None:
+    s = on_key()
+    fluent_bit_only = policies.key_service_statements(s, [s.s3_feeds["application-logs"]])
+    assert [st["Sid"] for st in fluent_bit_only] == ["SocfeedsS3NotifyEncryptedQueue"]
+    assert policies.key_service_statements(s, []) == []
+
+
+def test_an_equivalent_foreign_statement_grants_the_service() -> None:
+    wanted = policies.s3_notification_key_statement()
+    foreign = policies.document([{"Sid": "platform", "Effect": "Allow", "Principal": {"Service": ["s3.amazonaws.com"]},
+                                  "Action": "kms:*", "Resource": "*"}])
+    assert policies.grants_service(foreign, wanted, KEY)
+    narrow = policies.document([{**foreign["Statement"][0], "Action": "kms:Decrypt"}])
+    assert not policies.grants_service(narrow, wanted, KEY)
+
+
+def test_iam_delegation_is_aws_default_statement_and_is_recognised() -> None:
+    s = settings()
+    assert policies.delegates_to_iam(policies.document([policies.iam_delegation_statement(s)]), ACCOUNT)
+    assert not policies.delegates_to_iam(policies.document([]), ACCOUNT)
+    conditioned = {**policies.iam_delegation_statement(s), "Condition": {"Bool": {"aws:ViaAWSService": "true"}}}
+    assert not policies.delegates_to_iam(policies.document([conditioned]), ACCOUNT)
+
+
+@pytest.mark.parametrize(("statements", "action", "resource", "allowed"), [
+    ([{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": KEY}], "kms:Decrypt", KEY, True),
+    ([{"Effect": "Allow", "Action": "kms:*", "Resource": "*"}], "KMS:decrypt", KEY, True),
+    ([{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": "*"},
+      {"Effect": "Deny", "Action": "kms:*", "Resource": KEY}], "kms:Decrypt", KEY, False),
+    ([{"Effect": "Allow", "NotAction": "s3:*", "Resource": "*"}], "kms:Decrypt", KEY, True),
+    ([{"Effect": "Allow", "Action": "kms:Decrypt", "Resource": KEY.replace("0f6f", "aaaa")}], "kms:Decrypt", KEY,
+     False),
+])
+def test_allows_decides_as_iam_does(statements: list[dict[str, Any]], action: str, resource: str,
+                                    allowed: bool) -> None:
+    assert policies.allows(statements, action, resource) is allowed
+
+
+def test_the_canary_writer_reaches_only_canary_prefixes_streams_and_keys() -> None:
+    s = on_key(canary={"writer_trusted_principals": [f"arn:aws:iam::{ACCOUNT}:role/flows"]},
+               eks_cluster_name="live", xsiam={"firehose_url": "https://x.example/logs/v1/aws"},
+               firehose_feeds={"eks-control-plane": {}})
+    statements = by_sid(policies.canary_writer_policy(s)["Statement"])
+    assert statements["SocfeedsCanaryObjects"]["Resource"] == sorted(
+        f"arn:aws:s3:::{f.bucket}/socfeeds-canary/{n}/*" for n, f in s.s3_feeds.items())
+    assert statements["SocfeedsCanaryEncrypt"] == {"Sid": "SocfeedsCanaryEncrypt", "Effect": "Allow",
+                                                   "Action": "kms:GenerateDataKey", "Resource": [KEY]}
+    assert statements["SocfeedsCanaryStreams"]["Resource"] == [
+        f"arn:aws:logs:eu-west-2:{ACCOUNT}:log-group:/aws/eks/live/cluster:log-stream:"
+        "kube-apiserver-audit-socfeeds-canary-*"]
+    assert policies.canary_scope_problems(statements.values(), s) == []
+    wide = {"Sid": "Extra", "Effect": "Allow", "Action": "s3:DeleteObject", "Resource": "arn:aws:s3:::b/*"}
+    assert policies.canary_scope_problems([wide], s) == ["Extra: s3:deleteobject on arn:aws:s3:::b/*"]
+    flows = f"arn:aws:iam::{ACCOUNT}:role/flows"
+    assert policies.canary_writer_trust(s)["Statement"][0]["Principal"] == {"AWS": [flows]}

@@ -121,3 +121,32 @@ def test_overlapping_notification_is_a_clear_error_not_an_overwrite(stack: Stack
     state = provision_feeds(feeds=["route53-resolver"], return_state=True)
     assert state.is_failed() and "ensure-notification[route53-resolver]" in str(state.result(raise_on_failure=False))
     assert s3.get_bucket_notification_configuration(Bucket=feed.bucket)["QueueConfigurations"] == [theirs]
+
+
+def test_resources_from_before_the_hardening_are_converged_and_the_dry_run_lists_each_step(stack: Stack) -> None:
+    """A bucket, DLQ and stream made before Object Ownership, the canary/upload rules, RedriveAllowPolicy and
+    encryption at rest were declared: the dry run names each missing piece, changes nothing, and one run fixes all."""
+    provision_feeds()
+    settings, s3, sqs = stack.settings, stack.client("s3"), stack.client("sqs")
+    feed = settings.s3_feeds["cloudtrail"]
+    s3.delete_bucket_ownership_controls(Bucket=feed.bucket)
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=feed.bucket)["Rules"]
+    s3.put_bucket_lifecycle_configuration(Bucket=feed.bucket, LifecycleConfiguration={
+        "Rules": [r for r in rules if r["ID"] == "socfeeds-retention"]})
+    dlq = sqs.get_queue_url(QueueName=feed.dlq_name)["QueueUrl"]
+    sqs.set_queue_attributes(QueueUrl=dlq, Attributes={
+        "RedriveAllowPolicy": json.dumps({"redrivePermission": "allowAll"})})
+    stream = settings.firehose_feeds["eks-control-plane"].delivery_stream
+    stack.client("firehose").stop_delivery_stream_encryption(DeliveryStreamName=stream)
+
+    planned = provision_feeds(dry_run=True)
+    assert {(c.resource, c.action) for c in planned} == {
+        (f"s3://{feed.bucket}", "enforce bucket owner"), (f"s3://{feed.bucket}", "set lifecycle rules"),
+        (f"sqs:{feed.queue}", "set queue attributes"), (f"firehose:{stream}", "encrypt delivery stream")}
+    assert not any(c.applied for c in planned)
+    assert "RedriveAllowPolicy" in next(c.detail for c in planned if c.action == "set queue attributes")
+    assert s3.get_bucket_lifecycle_configuration(Bucket=feed.bucket)["Rules"][0]["ID"] == "socfeeds-retention"
+
+    assert len(provision_feeds()) == 4
+    assert provision_feeds() == []
+    assert verify_feeds(return_state=True).is_completed()

@@ -50,8 +50,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--state-dir", type=Path, default=STATE_DIR)
     parser.add_argument("--keep", action="store_true", help="leave the stack running (Ctrl-C stops it)")
+    parser.add_argument("--kms", action="store_true", help="the KMS profile: every feed on one customer-managed key")
     args = parser.parse_args()
-    with LocalStack(args.state_dir) as stack:
+    with LocalStack(args.state_dir, kms=args.kms) as stack:
         assert stack.prefect is not None
         env = stack.env()
         stack.apply_env()

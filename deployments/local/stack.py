@@ -289,6 +289,17 @@ def local_settings(aws: LocalAws, state_dir: Path, xsiam: LocalXsiam, prefix: st
     }
 
 
+def on_customer_key(aws: LocalAws, values: dict[str, Any], alias: str = "alias/socfeeds-feeds") -> dict[str, Any]:
+    """The KMS profile: a customer-managed key (AWS's default key policy), every feed declared on it by its alias,
+    as a platform team writes it; the flows resolve the alias to the key ARN and add the service statements."""
+    kms = aws.client("kms")
+    key = kms.create_key(Description="socfeeds: every feed's bucket, queue and stream")["KeyMetadata"]
+    kms.create_alias(AliasName=alias, TargetKeyId=key["KeyId"])
+    alias_arn = f"arn:aws:kms:{values['region']}:{values['account_id']}:{alias}"
+    return {**values, **{kind: {name: {**feed, "kms_key_arn": alias_arn} for name, feed in values[kind].items()}
+                         for kind in ("s3_feeds", "firehose_feeds")}}
+
+
 def write_settings(values: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(values, indent=2))
@@ -305,11 +316,13 @@ LOCAL_OPERATIONS: dict[str, Any] = {
 class LocalStack:
     """Everything `make demo` needs, started in order and stopped in reverse, even on Ctrl-C."""
 
-    def __init__(self, state_dir: Path, with_prefect: bool = True, collect: bool = True) -> None:
-        """collect=False leaves the feed queues to the `queue` canary strategy (no other consumer)."""
+    def __init__(self, state_dir: Path, with_prefect: bool = True, collect: bool = True, kms: bool = False) -> None:
+        """collect=False leaves the feed queues to the `queue` canary strategy (no other consumer);
+        kms=True puts every feed on one customer-managed key (the KMS profile)."""
         self.state_dir = state_dir.resolve()
         self.with_prefect = with_prefect
         self.collect = collect
+        self.kms = kms
         self.aws = LocalAws(self.state_dir)
         self.prefect: LocalPrefect | None = None
         self.xsiam: LocalXsiam | None = None
@@ -326,6 +339,8 @@ class LocalStack:
             self._stack.callback(self.inbox.stop)
             values = {**local_settings(self.aws, self.state_dir, self.xsiam), **LOCAL_OPERATIONS,
                       "alerts": {"webhook_url": self.inbox.url}}
+            if self.kms:
+                values = on_customer_key(self.aws, values)
             if self.collect:
                 self.xsiam.collect(collector_feeds(self.aws, values), reader_secret_id=values["reader"]["secret_name"])
             self.xsiam.start()
