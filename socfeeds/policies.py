@@ -146,47 +146,75 @@ def missing_statements(doc: Document, expected: Iterable[Statement]) -> list[str
 # --- queues ----------------------------------------------------------------------------------
 
 
-def queue_policy(queue_arn: str, bucket_arn: str, account_id: str) -> Document:
-    """Only S3, only from this bucket in this account (the confused-deputy guard), may send."""
+QUEUE_SID = "SocfeedsS3Notifications"
+
+
+def queue_statement(queue_arn: str, bucket_arns: list[str], account_id: str) -> Statement:
+    """Only S3, only from the feed's buckets in this account (the confused-deputy guard), may send."""
     return {
-        "Version": VERSION,
-        "Statement": [{
-            "Sid": "SocfeedsS3Notifications",
-            "Effect": "Allow",
-            "Principal": {"Service": "s3.amazonaws.com"},
-            "Action": "sqs:SendMessage",
-            "Resource": queue_arn,
-            "Condition": {
-                "ArnEquals": {"aws:SourceArn": bucket_arn},
-                "StringEquals": {"aws:SourceAccount": account_id},
-            },
-        }],
+        "Sid": QUEUE_SID,
+        "Effect": "Allow",
+        "Principal": {"Service": "s3.amazonaws.com"},
+        "Action": "sqs:SendMessage",
+        "Resource": queue_arn,
+        "Condition": {
+            "ArnEquals": {"aws:SourceArn": bucket_arns[0] if len(bucket_arns) == 1 else sorted(bucket_arns)},
+            "StringEquals": {"aws:SourceAccount": account_id},
+        },
     }
 
 
-def queue_policy_problems(doc: Document, queue_arn: str, bucket_arn: str, account_id: str) -> list[str]:
-    """Why a queue policy is not 'exactly S3 from this bucket and account'; empty when it is."""
-    allows = [s for s in as_list(doc.get("Statement", [])) if s.get("Effect") == "Allow"]
-    if not allows:
-        return ["no statement allows s3.amazonaws.com to send (notifications are dropped)"]
+def queue_policy(queue_arn: str, bucket_arns: list[str], account_id: str) -> Document:
+    return document([queue_statement(queue_arn, bucket_arns, account_id)])
+
+
+def merged_queue_policy(current: Document, queue_arn: str, bucket_arns: list[str], account_id: str) -> Document:
+    """Every other owner's statement kept; socfeeds' statement added, unless another statement already admits
+    exactly what it would (S3, these buckets, this account): recognised, never duplicated."""
+    foreign = [s for s in as_list(current.get("Statement", [])) if not is_owned(s)]
+    if not queue_policy_problems(document(foreign), queue_arn, bucket_arns, account_id):
+        return {**current, "Version": VERSION, "Statement": foreign}
+    return merge_owned(current, [queue_statement(queue_arn, bucket_arns, account_id)])
+
+
+def _s3_sends(statement: Statement) -> bool:
+    principal = statement.get("Principal")
+    services = as_list(principal.get("Service", [])) if isinstance(principal, dict) else []
+    return statement.get("Effect") == "Allow" and "s3.amazonaws.com" in services and any(
+        fnmatchcase("sqs:sendmessage", str(a).lower()) for a in as_list(statement.get("Action", [])))
+
+
+def queue_policy_problems(doc: Document, queue_arn: str, bucket_arns: list[str], account_id: str) -> list[str]:
+    """Why a queue policy does not let S3 send from each feed bucket, only for this account; empty when it does.
+
+    Statements of other owners are judged too: one that lets S3 send without aws:SourceAccount, or from a bucket
+    that is not the feed's, is the confused deputy this guards against; one that lets any other principal send
+    could forge notifications."""
     problems: list[str] = []
-    if len(allows) > 1:
-        problems.append(f"{len(allows)} Allow statements; expected exactly one for S3")
-    for statement in allows:
+    admitted: set[str] = set()
+    for statement in as_list(doc.get("Statement", [])):
         sid = statement.get("Sid", "(no Sid)")
-        if canonical(statement.get("Principal")) != {"Service": "s3.amazonaws.com"}:
-            problems.append(f"{sid}: principal {statement.get('Principal')!r} is not only s3.amazonaws.com")
-        if canonical(statement.get("Action")) != "sqs:SendMessage":
-            problems.append(f"{sid}: actions {statement.get('Action')!r} are not only sqs:SendMessage")
-        if canonical(statement.get("Resource")) != queue_arn:
-            problems.append(f"{sid}: resource {statement.get('Resource')!r} is not {queue_arn}")
+        if statement.get("Effect") != "Allow":
+            continue
+        if not _s3_sends(statement):
+            if any(fnmatchcase("sqs:sendmessage", str(a).lower()) for a in as_list(statement.get("Action", []))):
+                problems.append(f"{sid}: lets {statement.get('Principal')!r} send messages (forged notifications)")
+            continue
         conditions = _flatten_conditions(statement.get("Condition", {}))
-        if conditions.get("aws:sourcearn") != bucket_arn:
-            problems.append(f"{sid}: aws:SourceArn condition is {conditions.get('aws:sourcearn')!r}, "
-                            f"expected {bucket_arn}")
+        sources = set(as_list(conditions.get("aws:sourcearn", [])))
+        if not sources:
+            problems.append(f"{sid}: lets S3 send with no aws:SourceArn (any bucket of any account)")
+        elif sources - set(bucket_arns):
+            problems.append(f"{sid}: aws:SourceArn {sorted(sources - set(bucket_arns))} is not a feed bucket")
         if conditions.get("aws:sourceaccount") != account_id:
             problems.append(f"{sid}: aws:SourceAccount condition is {conditions.get('aws:sourceaccount')!r}, "
                             f"expected {account_id}")
+        elif canonical(statement.get("Resource")) in {queue_arn, "*"}:
+            admitted |= sources
+    missing = [arn for arn in bucket_arns if arn not in admitted]
+    if missing:
+        problems.append(f"no statement lets s3.amazonaws.com send for {missing} with aws:SourceAccount "
+                        f"{account_id} (their notifications are dropped)")
     return problems
 
 
@@ -211,7 +239,7 @@ def reader_policy(settings: Settings) -> Document:
         {"Sid": "SocfeedsReadQueues", "Effect": "Allow", "Action": list(READER_QUEUE_ACTIONS),
          "Resource": sorted(arns.queue(f.queue) for f in feeds)},
         {"Sid": "SocfeedsReadObjects", "Effect": "Allow", "Action": list(READER_OBJECT_ACTIONS),
-         "Resource": sorted(f"{arns.bucket(f.bucket)}/*" for f in feeds)},
+         "Resource": sorted(f"{arns.bucket(bucket)}/*" for f in feeds for bucket in f.buckets)},
     ]
     keys = sorted({f.kms_key_arn for f in feeds if f.kms_key_arn})
     if keys:

@@ -29,6 +29,7 @@ SETTINGS_FILE_ENV = "SOCFEEDS_SETTINGS_FILE"
 XSIAM_MIN_RETENTION_DAYS = 7
 
 LogType = Literal["Audit Logs", "Flow Logs", "Route 53", "Generic"]
+ManagedBy = Literal["socfeeds", "terraform"]
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
@@ -58,6 +59,9 @@ class FlowLogSource(_Strict):
     kind: Literal["vpc_flow_log"] = "vpc_flow_log"
     vpc_id: str | None = Field(None, description="Defaults to the top-level vpc_id.")
     aggregation_seconds: Literal[60, 600] = 600
+    replace_mismatched: bool = Field(
+        False, description="A flow log to the bucket in another format cannot be edited (AWS): with true, provision "
+        "creates one in the XSIAM format, then deletes the old one. False: the gap is reported with this fix.")
 
 
 class ResolverQueryLogSource(_Strict):
@@ -87,9 +91,16 @@ class S3Feed(_Strict):
 
     log_type: LogType
     bucket: str
+    additional_buckets: tuple[str, ...] = Field(
+        (), description="More buckets notifying the same queue (ModSecurity: prod and non-prod). Each gets the "
+        "bucket guard rails and the notification; one queue-policy statement admits them all; the reader reads all.")
     queue: str
     dlq: str | None = Field(None, description="Dead-letter queue; defaults to '<queue>-dlq'.")
-    retention_days: int = Field(ge=1, description="Objects expire after this many days.")
+    retention_days: int | Literal["keep"] = Field(
+        description="Objects expire after this many days; \"keep\": never expire (socfeeds writes no expiry).")
+    managed_by: ManagedBy | None = Field(
+        None, description="socfeeds: provision converges the feed's resources. terraform: provision never writes, "
+        "it reports each difference as the change to make in Terraform. Defaults to the top-level managed_by.")
     versioning: bool = False
     kms_key_arn: str | None = Field(None, description="SSE-KMS for bucket and queue; SSE-S3/SSE-SQS if unset.")
     max_receive_count: int = Field(4, ge=1, le=1000)
@@ -106,9 +117,20 @@ class S3Feed(_Strict):
             raise ValueError(f"{value!r} is not a KMS key or alias ARN (arn:aws:kms:<region>:<account>:key/<id>)")
         return value
 
+    @field_validator("retention_days")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be at least 1 day, or \"keep\" to never expire objects")
+        return value
+
     @property
     def dlq_name(self) -> str:
         return self.dlq or f"{self.queue}-dlq"
+
+    @property
+    def buckets(self) -> tuple[str, ...]:
+        return (self.bucket, *self.additional_buckets)
 
 
 EksLogType = Literal["api", "audit", "authenticator", "controllerManager", "scheduler"]
@@ -138,6 +160,7 @@ class FirehoseFeed(_Strict):
     buffering_seconds: int = Field(60, ge=0, le=900)
     retry_seconds: int = Field(300, ge=0, le=7200)
     kms_key_arn: str | None = None
+    managed_by: ManagedBy | None = Field(None, description="Defaults to the top-level managed_by.")
     subscription_filter: str = "firehose-delivery-{cluster}"
     logs_role: str = "socfeeds-logs-to-firehose-{cluster}"
     firehose_role: str = "socfeeds-firehose-{cluster}"
@@ -295,6 +318,13 @@ def default_s3_feeds() -> dict[str, S3Feed]:
             retention_days=XSIAM_MIN_RETENTION_DAYS,
             source=FluentBitSource(),
         ),
+        "modsecurity": S3Feed(  # the ingress controllers' WAF audit logs: prod and non-prod buckets, one queue
+            log_type="Generic",
+            bucket="cloud-platform-modsec-logs-{account_id}",
+            additional_buckets=("cloud-platform-non-prod-modsec-logs-{account_id}",),
+            queue="cp-modsec-logs-xsiam",
+            retention_days="keep",  # the platform's buckets keep these; socfeeds adds no expiry
+        ),
     }
 
 
@@ -334,6 +364,9 @@ class Settings(BaseSettings):
         description="Emulator only: leave condition-scoped Deny statements (TLS-only) out of bucket "
         "policies, because moto enforces them with their conditions ignored.",
     )
+    managed_by: ManagedBy = Field(
+        "socfeeds", description="Default owner of every feed's resources (each feed may say otherwise): terraform "
+        "means provision only reports, as Terraform-shaped changes, and never writes.")
     kms_key_policies: Literal["merge", "report"] = Field(
         "merge", description="merge: provision adds the key-policy statements AWS services need (Sid prefix "
         "Socfeeds) to each feed key, keeping every other statement. report: the platform owns the keys; provision "
@@ -397,6 +430,7 @@ class Settings(BaseSettings):
         clash = sorted(set(rendered) & set(firehose))
         if clash:
             raise ValueError(f"feed names must be unique across s3_feeds and firehose_feeds: {clash}")
+        _one_owner_each(rendered)
         return self
 
     def _render_firehose(self, name: str, feed: FirehoseFeed) -> FirehoseFeed:
@@ -423,7 +457,8 @@ class Settings(BaseSettings):
                              "xsiam.firehose_url_parameter or this field)")
         if url is not None:
             check_endpoint_url(f"{where}.endpoint_url", url)
-        return feed.model_copy(update={"cluster_name": cluster, "endpoint_url": url, **rendered})
+        return feed.model_copy(update={"cluster_name": cluster, "endpoint_url": url,
+                                       "managed_by": feed.managed_by or self.managed_by, **rendered})
 
     def _render(self, name: str, feed: S3Feed) -> S3Feed:
         where = f"s3_feeds.{name}"
@@ -431,10 +466,16 @@ class Settings(BaseSettings):
             raise ValueError(f"{where}: feed name {name!r} must be lowercase letters, digits and '-'")
         values = {"account_id": self.account_id, "region": self.region}
         bucket = feed.bucket.format(**values)
+        additional = tuple(b.format(**values) for b in feed.additional_buckets)
         queue = feed.queue.format(**values)
         dlq = feed.dlq_name.format(**values)
         if not is_valid_bucket_name(bucket):
             raise ValueError(f"{where}.bucket: {bucket!r} is not a valid S3 bucket name")
+        for index, extra in enumerate(additional):
+            if not is_valid_bucket_name(extra):
+                raise ValueError(f"{where}.additional_buckets[{index}]: {extra!r} is not a valid S3 bucket name")
+        if len({bucket, *additional}) != 1 + len(additional):
+            raise ValueError(f"{where}.additional_buckets: {[bucket, *additional]} names a bucket twice")
         for field, value in (("queue", queue), ("dlq", dlq)):
             if not _QUEUE_RE.match(value):
                 raise ValueError(
@@ -449,7 +490,8 @@ class Settings(BaseSettings):
             if not _VPC_RE.match(vpc_id):
                 raise ValueError(f"{where}.source.vpc_id: {vpc_id!r} is not a VPC id")
             source = source.model_copy(update={"vpc_id": vpc_id})
-        return feed.model_copy(update={"bucket": bucket, "queue": queue, "dlq": dlq, "source": source})
+        return feed.model_copy(update={"bucket": bucket, "additional_buckets": additional, "queue": queue, "dlq": dlq,
+                                       "source": source, "managed_by": feed.managed_by or self.managed_by})
 
     def select_feeds(self, names: list[str] | None) -> list[str]:
         """The feed names a run covers; unknown names are refused with the list of known ones."""
@@ -460,6 +502,19 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"feeds: unknown feed(s) {unknown}; known: {sorted(known)}")
         return [name for name in known if name in names]
+
+
+def _one_owner_each(feeds: dict[str, S3Feed]) -> None:
+    """A queue or bucket belongs to one feed: two feeds sharing one would rewrite each other's queue policy and
+    notification forever. Several buckets into one queue are one feed with additional_buckets."""
+    for kind in ("queue", "bucket"):
+        seen: dict[str, str] = {}
+        for feed_name, feed in feeds.items():
+            for name in ([feed.queue] if kind == "queue" else feed.buckets):
+                if name in seen:
+                    raise ValueError(f"s3_feeds.{feed_name}: {kind} {name!r} belongs to feed {seen[name]!r} already; "
+                                     "declare one feed and list the other buckets in its additional_buckets")
+                seen[name] = feed_name
 
 
 def is_https_or_loopback(url: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from botocore.exceptions import ClientError
 
@@ -33,7 +33,7 @@ class BucketSpec:
     """One bucket's guard rails, whatever feed shape it serves (S3 feed, Firehose error bucket)."""
 
     name: str
-    retention_days: int
+    retention_days: int | Literal["keep"]
     versioning: bool
     kms_key_arn: str | None
     source_statements: list[policies.Statement]  # what the writing service needs
@@ -54,13 +54,22 @@ class BucketSpec:
         return [*tls, *self.source_statements]
 
 
-def feed_bucket(feed: S3Feed, settings: Settings) -> BucketSpec:
+def feed_bucket(feed: S3Feed, settings: Settings, bucket: str | None = None) -> BucketSpec:
+    """The feed's bucket (or one of its additional buckets): the source writes and the canary writes only into
+    the first; every one is read by XSIAM."""
+    name = bucket or feed.bucket
+    primary = name == feed.bucket
     services = [s for s in policies.key_service_statements(settings, [feed])
-                if "s3.amazonaws.com" not in policies.services_of(s)]  # S3 itself needs the key for the queue
-    return BucketSpec(feed.bucket, feed.retention_days, feed.versioning, feed.kms_key_arn,
-                      policies.source_write_statements(feed, settings), log_key_prefix(feed, settings.account_id),
-                      settings.omit_conditional_denies, settings.region, settings.account_id, has_canary_objects=True,
-                      key_users=(reader(settings), canary_writer(settings)), key_services=tuple(services))
+                if "s3.amazonaws.com" not in policies.services_of(s)] if primary else []  # S3's own: the queue's
+    users = (reader(settings), canary_writer(settings)) if primary else (reader(settings),)
+    return BucketSpec(name, feed.retention_days, feed.versioning, feed.kms_key_arn,
+                      policies.source_write_statements(feed, settings) if primary else [],
+                      log_key_prefix(feed, settings.account_id), settings.omit_conditional_denies, settings.region,
+                      settings.account_id, has_canary_objects=primary, key_users=users, key_services=tuple(services))
+
+
+def feed_buckets(feed: S3Feed, settings: Settings) -> list[BucketSpec]:
+    return [feed_bucket(feed, settings, bucket) for bucket in feed.buckets]
 
 
 def _encryption_rule(spec: BucketSpec) -> dict[str, Any]:
@@ -70,7 +79,9 @@ def _encryption_rule(spec: BucketSpec) -> dict[str, Any]:
     return {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
 
 
-def _retention_rule(spec: BucketSpec) -> dict[str, Any]:
+def _retention_rule(spec: BucketSpec) -> dict[str, Any] | None:
+    if spec.retention_days == "keep":
+        return None
     rule: dict[str, Any] = {
         "ID": RETENTION_RULE_ID,
         "Filter": {"Prefix": ""},
@@ -89,8 +100,10 @@ def lifecycle_rules(spec: BucketSpec) -> list[dict[str, Any]]:
     removes the delete marker left behind (S3 User Guide, "Managing delete markers"), so in a versioned
     bucket no canary object, version or marker outlives two days.
     """
-    rules = [_retention_rule(spec), {"ID": UPLOADS_RULE_ID, "Filter": {"Prefix": ""}, "Status": "Enabled",
-                                     "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7}}]
+    retention = _retention_rule(spec)
+    rules = [*([retention] if retention else []), {"ID": UPLOADS_RULE_ID, "Filter": {"Prefix": ""},
+                                                   "Status": "Enabled",
+                                                   "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 7}}]
     if spec.has_canary_objects:
         rules.append({"ID": CANARY_RULE_ID, "Filter": {"Prefix": CANARY_KEY_PREFIX}, "Status": "Enabled",
                       "Expiration": {"Days": 1}, "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
@@ -143,11 +156,13 @@ def _policy(aws: AwsClients, bucket: str) -> policies.Document:
 
 @aws_task("ensure-bucket")
 def ensure_bucket(aws: AwsClients, settings: Settings, feed_name: str, dry_run: bool) -> list[Change]:
-    """Create or adopt the feed's bucket and bring its guard rails to the declared state."""
-    spec = feed_bucket(settings.s3_feeds[feed_name], settings)
-    changes = ChangesFor(feed_name, f"s3://{spec.name}", dry_run)
-    ensure_bucket_state(aws, spec, changes)
-    return changes.changes
+    """Create or adopt the feed's buckets and bring their guard rails to the declared state."""
+    changes: list[Change] = []
+    for spec in feed_buckets(settings.s3_feeds[feed_name], settings):
+        record = ChangesFor(feed_name, f"s3://{spec.name}", dry_run)
+        ensure_bucket_state(aws, spec, record)
+        changes += record.changes
+    return changes
 
 
 def ensure_bucket_state(aws: AwsClients, spec: BucketSpec, changes: ChangesFor) -> None:
@@ -184,16 +199,21 @@ def ensure_bucket_state(aws: AwsClients, spec: BucketSpec, changes: ChangesFor) 
 
     current_rules = _lifecycle_rules(aws, bucket) if exists else []
     wanted = lifecycle_rules(spec)
-    stale = [rule["ID"] for rule in wanted if not _has_rule(current_rules, rule)]
+    owned = {RETENTION_RULE_ID, UPLOADS_RULE_ID, CANARY_RULE_ID}
+    stale = [rule["ID"] for rule in wanted if not _has_rule(current_rules, rule)] + [
+        f"{r['ID']} (removed)" for r in current_rules if r.get("ID") in owned - {w["ID"] for w in wanted}]
     if stale:
-        owned = {rule["ID"] for rule in wanted}
         others = [r for r in current_rules if r.get("ID") not in owned]
         rules = others + wanted
-        note = "" if spec.retention_days >= XSIAM_MIN_RETENTION_DAYS else (
-            f" (below XSIAM's advised {XSIAM_MIN_RETENTION_DAYS} days, as settings ask)")
+        if spec.retention_days == "keep":
+            expiry = "no expiry (retention_days = keep)"
+        else:
+            note = "" if spec.retention_days >= XSIAM_MIN_RETENTION_DAYS else (
+                f" (below XSIAM's advised {XSIAM_MIN_RETENTION_DAYS} days, as settings ask)")
+            expiry = f"objects expire after {spec.retention_days} days{note}"
         canary = "; canary objects expire after 1 day" if spec.has_canary_objects else ""
-        changes.make("set lifecycle rules", f"{', '.join(stale)}: objects expire after {spec.retention_days} days"
-                     f"{note}; incomplete uploads aborted{canary}; {len(others)} other rules kept",
+        changes.make("set lifecycle rules", f"{', '.join(stale)}: {expiry}; incomplete uploads aborted{canary}; "
+                     f"{len(others)} other rules kept",
                      lambda: aws.s3.put_bucket_lifecycle_configuration(
                          Bucket=bucket, LifecycleConfiguration={"Rules": rules}))  # type: ignore[typeddict-item]
 
@@ -218,10 +238,12 @@ def effective_expiry_days(rules: list[dict[str, Any]], key_prefix: str) -> int |
 
 @aws_task("check-bucket")
 def check_bucket(aws: AwsClients, settings: Settings, feed_name: str) -> list[Finding]:
-    spec = feed_bucket(settings.s3_feeds[feed_name], settings)
-    check = FindingsFor(feed_name, f"s3://{spec.name}")
-    check_bucket_state(aws, settings, spec, check)
-    return check.findings
+    findings: list[Finding] = []
+    for spec in feed_buckets(settings.s3_feeds[feed_name], settings):
+        check = FindingsFor(feed_name, f"s3://{spec.name}")
+        check_bucket_state(aws, settings, spec, check)
+        findings += check.findings
+    return findings
 
 
 def check_bucket_state(aws: AwsClients, settings: Settings, spec: BucketSpec, check: FindingsFor) -> None:
@@ -279,8 +301,13 @@ def check_bucket_state(aws: AwsClients, settings: Settings, spec: BucketSpec, ch
                      fix)
 
 
-def _check_retention(check: FindingsFor, wanted: int, expiry: int | None) -> None:
+def _check_retention(check: FindingsFor, wanted: int | Literal["keep"], expiry: int | None) -> None:
     shown = "never expire" if expiry is None else f"expire after {expiry} days"
+    if wanted == "keep":  # socfeeds sets no expiry; one another owner set still must leave XSIAM its 7 days
+        short = expiry is not None and expiry < XSIAM_MIN_RETENTION_DAYS
+        check.expect("retention", not short, f"log objects {shown} (settings: keep, socfeeds sets no expiry)",
+                     f"XSIAM needs at least {XSIAM_MIN_RETENTION_DAYS} days: lengthen the bucket owner's expiry rule")
+        return
     if expiry is not None and expiry < XSIAM_MIN_RETENTION_DAYS:
         deliberate = expiry == wanted
         check.add("retention", Status.WARN if deliberate else Status.FAIL,

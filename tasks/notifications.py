@@ -97,8 +97,15 @@ def merged_configuration(current: Mapping[str, Any], feed_queue_arn: str, our_id
     other entry, when one that S3 would reject next to ours is there.
     """
     document = notification_document(current)
-    if any(_serves_feed(e, feed_queue_arn) for e in document.get("QueueConfigurations", [])):
+    queues = document.get("QueueConfigurations", [])
+    if any(_serves_feed(e, feed_queue_arn) for e in queues):
         return None
+    adoptable = [e for e in queues if e.get("QueueArn") == feed_queue_arn and _is_object_created(e)
+                 and e.get("Id") != our_id]
+    if adoptable:  # another owner's entry already aims at the queue: widen its events, keep its Id and filter
+        widened = {**adoptable[0], "Events": EVENTS}
+        return {**document, "QueueConfigurations": [widened if e is adoptable[0] else e for e in queues
+                                                    if e is adoptable[0] or e.get("Id") != our_id]}
     ours = {"Id": our_id, "QueueArn": feed_queue_arn, "Events": EVENTS}
     for kind, target_key in TARGET_KEYS.items():
         for entry in document.get(kind, []):
@@ -114,20 +121,32 @@ def merged_configuration(current: Mapping[str, Any], feed_queue_arn: str, our_id
 
 @aws_task("ensure-notification")
 def ensure_notification(aws: AwsClients, settings: Settings, feed_name: str, dry_run: bool) -> list[Change]:
+    """Every bucket of the feed notifies its queue."""
+    feed = settings.s3_feeds[feed_name]
+    return [change for bucket in feed.buckets
+            for change in _ensure_bucket_notification(aws, settings, feed_name, bucket, dry_run)]
+
+
+def _ensure_bucket_notification(aws: AwsClients, settings: Settings, feed_name: str, bucket: str,
+                                dry_run: bool) -> list[Change]:
     feed = settings.s3_feeds[feed_name]
     queue_arn = Arns(settings.region, settings.account_id).queue(feed.queue)
-    changes = ChangesFor(feed_name, f"s3://{feed.bucket} notification", dry_run)
-    config = read_configuration(aws, feed.bucket) if bucket_exists(aws, feed.bucket) else {}
+    changes = ChangesFor(feed_name, f"s3://{bucket} notification", dry_run)
+    config = read_configuration(aws, bucket) if bucket_exists(aws, bucket) else {}
     try:
         merged = merged_configuration(config, queue_arn, notification_id(feed_name))
     except NotificationOverlap as overlap:
-        raise NotificationOverlap(f"s3://{feed.bucket}: {overlap}") from overlap
+        raise NotificationOverlap(f"s3://{bucket}: {overlap}") from overlap
     if merged is None:
         return changes.changes
     others = len(merged["QueueConfigurations"]) - 1
-    changes.make("notify queue", f"s3:ObjectCreated:* -> {feed.queue}; {others} other entries kept",
+    adopted = next((e["Id"] for e in merged["QueueConfigurations"]
+                    if e.get("QueueArn") == queue_arn and e.get("Id") != notification_id(feed_name)), None)
+    adoption = f" (adopted entry {adopted!r}, events widened)" if adopted else ""
+    action = f"s3:ObjectCreated:* -> {feed.queue}{adoption}"
+    changes.make("notify queue", f"{action}; {others} other entries kept",
                  lambda: aws.s3.put_bucket_notification_configuration(
-                     Bucket=feed.bucket, NotificationConfiguration=merged))  # type: ignore[arg-type]
+                     Bucket=bucket, NotificationConfiguration=merged))  # type: ignore[arg-type]
     return changes.changes
 
 
@@ -148,13 +167,19 @@ def _hides_logs(entry: dict[str, Any], feed_name: str, feed: S3Feed, account_id:
 @aws_task("check-notification")
 def check_notification(aws: AwsClients, settings: Settings, feed_name: str) -> list[Finding]:
     feed = settings.s3_feeds[feed_name]
+    return [finding for bucket in feed.buckets for finding in _check_bucket_notification(aws, settings, feed_name,
+                                                                                           bucket)]
+
+
+def _check_bucket_notification(aws: AwsClients, settings: Settings, feed_name: str, bucket: str) -> list[Finding]:
+    feed = settings.s3_feeds[feed_name]
     queue_arn = Arns(settings.region, settings.account_id).queue(feed.queue)
-    check = FindingsFor(feed_name, f"s3://{feed.bucket} notification")
+    check = FindingsFor(feed_name, f"s3://{bucket} notification")
     fix = "run provision-feeds for this feed"
-    if not bucket_exists(aws, feed.bucket):
+    if not bucket_exists(aws, bucket):
         check.add("notification", Status.FAIL, "bucket missing, so nothing notifies the queue", fix)
         return check.findings
-    entries = [e for e in read_configuration(aws, feed.bucket).get("QueueConfigurations", [])
+    entries = [e for e in read_configuration(aws, bucket).get("QueueConfigurations", [])
                if e.get("QueueArn") == queue_arn and _is_object_created(e)]
     if not check.expect("notification", bool(entries), f"{len(entries)} object-created entries to {feed.queue}",
                         f"new objects do not reach {feed.queue}: {fix}"):
@@ -162,6 +187,9 @@ def check_notification(aws: AwsClients, settings: Settings, feed_name: str) -> l
     all_events = any("s3:ObjectCreated:*" in e.get("Events", []) for e in entries)
     check.expect("events", all_events, "s3:ObjectCreated:*" if all_events else
                  f"only {sorted({ev for e in entries for ev in e['Events']})}", fix)
-    hidden = [h for e in entries if (h := _hides_logs(e, feed_name, feed, settings.account_id))]
-    check.expect("filter", not hidden, "; ".join(hidden) or "no filter hides log keys", fix)
+    hidden = [(e, h) for e in entries if (h := _hides_logs(e, feed_name, feed, settings.account_id))]
+    foreign = [str(e.get("Id")) for e, _ in hidden if e.get("Id") != notification_id(feed_name)]
+    check.expect("filter", not hidden, "; ".join(h for _, h in hidden) or "no filter hides log keys",
+                 f"remove the filter from notification {', '.join(foreign)} where its owner writes it (provision-feeds "
+                 "adopts entries of other owners as they are)" if foreign else fix)
     return check.findings

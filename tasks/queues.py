@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from socfeeds import policies
@@ -30,9 +31,17 @@ def dlq_attributes(feed: S3Feed, settings: Settings) -> dict[str, str]:
             "RedriveAllowPolicy": json.dumps({"redrivePermission": "byQueue", "sourceQueueArns": [source]})}
 
 
-def queue_attributes(feed: S3Feed, settings: Settings) -> dict[str, str]:
-    """Production's queue shape (feeds.md), plus the dead-letter queue production lacks."""
+def bucket_arns(feed: S3Feed, settings: Settings) -> list[str]:
     arns = Arns(settings.region, settings.account_id)
+    return [arns.bucket(bucket) for bucket in feed.buckets]
+
+
+def queue_attributes(feed: S3Feed, settings: Settings, current_policy: str | None = None) -> dict[str, str]:
+    """Production's queue shape (feeds.md), plus the dead-letter queue production lacks. The policy is the
+    current one with socfeeds' statement merged in: other owners' statements are kept."""
+    arns = Arns(settings.region, settings.account_id)
+    policy = policies.merged_queue_policy(policies.parse(current_policy), arns.queue(feed.queue),
+                                          bucket_arns(feed, settings), settings.account_id)
     return {
         "VisibilityTimeout": "30",
         "MessageRetentionPeriod": "345600",
@@ -41,8 +50,7 @@ def queue_attributes(feed: S3Feed, settings: Settings) -> dict[str, str]:
         **_encryption(feed),
         "RedrivePolicy": json.dumps({"deadLetterTargetArn": arns.queue(feed.dlq_name),
                                      "maxReceiveCount": feed.max_receive_count}),
-        "Policy": json.dumps(policies.queue_policy(arns.queue(feed.queue), arns.bucket(feed.bucket),
-                                                   settings.account_id)),
+        "Policy": json.dumps(policy),
     }
 
 
@@ -70,17 +78,31 @@ def _json_with_str_numbers(text: str) -> Any:
     return json.loads(text, parse_int=str)
 
 
-def _ensure_queue(aws: AwsClients, changes: ChangesFor, name: str, wanted: dict[str, str]) -> None:
+def _ensure_queue(aws: AwsClients, changes: ChangesFor, name: str,
+                  wanted_for: Callable[[str | None], dict[str, str]]) -> None:
+    """`wanted_for(current policy)`: the declared attributes, the policy merged into what is there."""
     url = queue_url(aws, name)
     if url is None:
+        wanted = wanted_for(None)
         changes.make("create queue", f"{name} with {', '.join(sorted(wanted))}",
                      lambda: aws.sqs.create_queue(QueueName=name, Attributes=wanted))  # type: ignore[arg-type]
         return
     current = _attributes(aws, url, "All")
+    wanted = wanted_for(current.get("Policy"))
     drift = {k: v for k, v in wanted.items() if not _same(k, current.get(k), v)}
     if drift:
-        changes.make("set queue attributes", f"{name}: {', '.join(sorted(drift))}",
+        shown = [_policy_change(current.get("Policy"), drift[k]) if k == "Policy" else k for k in sorted(drift)]
+        changes.make("set queue attributes", f"{name}: {', '.join(shown)}",
                      lambda: aws.sqs.set_queue_attributes(QueueUrl=url, Attributes=drift))  # type: ignore[arg-type]
+
+
+def _policy_change(current: str | None, wanted: str) -> str:
+    """What a policy write does, statement by statement, so the plan shows that nothing of others is lost."""
+    before = policies.as_list(policies.parse(current).get("Statement", []))
+    after = policies.as_list(policies.parse(wanted).get("Statement", []))
+    kept = [str(s.get("Sid", "(no Sid)")) for s in before if not policies.is_owned(s)]
+    ours = [str(s.get("Sid")) for s in after if policies.is_owned(s)]
+    return f"Policy (writes {', '.join(ours) or 'no socfeeds statement'}; keeps {', '.join(kept) or 'nothing else'})"
 
 
 @aws_task("ensure-queues")
@@ -88,9 +110,20 @@ def ensure_queues(aws: AwsClients, settings: Settings, feed_name: str, dry_run: 
     """The dead-letter queue first (the redrive policy names it), then the feed queue."""
     feed = settings.s3_feeds[feed_name]
     changes = ChangesFor(feed_name, f"sqs:{feed.queue}", dry_run)
-    _ensure_queue(aws, changes, feed.dlq_name, dlq_attributes(feed, settings))
-    _ensure_queue(aws, changes, feed.queue, queue_attributes(feed, settings))
+    _ensure_queue(aws, changes, feed.dlq_name, lambda _: dlq_attributes(feed, settings))
+    _ensure_queue(aws, changes, feed.queue, lambda policy: queue_attributes(feed, settings, policy))
     return changes.changes
+
+
+def _queue_policy_fix(current: str | None, feed: S3Feed, settings: Settings) -> str:
+    """provision keeps other owners' statements: what it cannot fix is named for their owner to fix."""
+    merged = policies.parse(queue_attributes(feed, settings, current)["Policy"])
+    remaining = policies.queue_policy_problems(merged, Arns(settings.region, settings.account_id).queue(feed.queue),
+                                               bucket_arns(feed, settings), settings.account_id)
+    if not remaining:
+        return "run provision-feeds for this feed (it adds its statement and keeps the others)"
+    return ("provision-feeds keeps other owners' statements, so fix these where they are written (the Terraform "
+            f"that owns the queue policy): {'; '.join(remaining)}")
 
 
 def _depth(attributes: dict[str, str]) -> int:
@@ -128,9 +161,10 @@ def check_queue(aws: AwsClients, settings: Settings, feed_name: str) -> list[Fin
                  f"{fix}: dead-letter queue {feed.dlq_name} with maxReceiveCount {feed.max_receive_count}")
 
     problems = policies.queue_policy_problems(policies.parse(attributes.get("Policy")), arns.queue(feed.queue),
-                                              arns.bucket(feed.bucket), settings.account_id)
+                                              bucket_arns(feed, settings), settings.account_id)
     check.expect("queue policy", not problems,
-                 "; ".join(problems) if problems else "only S3 from this bucket and account may send", fix)
+                 "; ".join(problems) if problems else "only S3 from the feed's buckets and account may send",
+                 _queue_policy_fix(attributes.get("Policy"), feed, settings))
 
     depth = _depth(attributes)
     limit = settings.backlog.max_visible_messages

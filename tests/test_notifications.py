@@ -154,3 +154,12 @@ def test_a_truly_overlapping_foreign_entry_is_refused_by_id_and_target() -> None
     current = {**RECORDED, "LambdaFunctionConfigurations": [*RECORDED["LambdaFunctionConfigurations"], thumbnails]}
     with pytest.raises(NotificationOverlap, match=f"notification 'thumbnails' already sends .* to {re.escape(target)}"):
         merged_configuration(current, QUEUE_ARN, OURS_ID)
+
+
+def test_a_foreign_entry_aimed_at_the_queue_is_adopted_and_its_events_widened() -> None:
+    """Terraform's entry for the feed queue, narrower than ours: kept under its own Id, never a second entry."""
+    terraform = {"Id": "tf-s3-event", "QueueArn": QUEUE_ARN, "Events": ["s3:ObjectCreated:Put"]}
+    other = {"Id": "audit-removals", "QueueArn": f"{SQS}other", "Events": ["s3:ObjectRemoved:*"]}
+    merged = merged_configuration({"QueueConfigurations": [terraform, other]}, QUEUE_ARN, OURS_ID)
+    assert merged == {"QueueConfigurations": [{**terraform, "Events": ["s3:ObjectCreated:*"]}, other]}
+    assert merged_configuration(merged, QUEUE_ARN, OURS_ID) is None

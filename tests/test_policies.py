@@ -89,44 +89,78 @@ def test_missing_statements_compare_canonically() -> None:
 
 
 def test_queue_policy_allows_only_s3_from_the_bucket_and_account() -> None:
-    doc = policies.queue_policy(QUEUE_ARN, BUCKET_ARN, ACCOUNT)
+    doc = policies.queue_policy(QUEUE_ARN, [BUCKET_ARN], ACCOUNT)
     [statement] = doc["Statement"]
     assert statement["Principal"] == {"Service": "s3.amazonaws.com"} and statement["Action"] == "sqs:SendMessage"
     assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": BUCKET_ARN},
                                       "StringEquals": {"aws:SourceAccount": ACCOUNT}}
-    assert policies.queue_policy_problems(doc, QUEUE_ARN, BUCKET_ARN, ACCOUNT) == []
+    assert policies.queue_policy_problems(doc, QUEUE_ARN, [BUCKET_ARN], ACCOUNT) == []
+
+
+def test_one_statement_admits_every_bucket_of_a_feed() -> None:
+    other = "arn:aws:s3:::non-prod-logs"
+    [statement] = policies.queue_policy(QUEUE_ARN, [BUCKET_ARN, other], ACCOUNT)["Statement"]
+    assert statement["Condition"]["ArnEquals"] == {"aws:SourceArn": sorted([BUCKET_ARN, other])}
+    only_one = policies.queue_policy(QUEUE_ARN, [BUCKET_ARN], ACCOUNT)
+    assert policies.queue_policy_problems(only_one, QUEUE_ARN, [BUCKET_ARN, other], ACCOUNT) == [
+        f"no statement lets s3.amazonaws.com send for ['{other}'] with aws:SourceAccount {ACCOUNT} "
+        "(their notifications are dropped)"]
 
 
 def _broken(mutate: Any) -> list[str]:
-    doc = copy.deepcopy(policies.queue_policy(QUEUE_ARN, BUCKET_ARN, ACCOUNT))
+    doc = copy.deepcopy(policies.queue_policy(QUEUE_ARN, [BUCKET_ARN], ACCOUNT))
     mutate(doc)
-    return policies.queue_policy_problems(doc, QUEUE_ARN, BUCKET_ARN, ACCOUNT)
+    return policies.queue_policy_problems(doc, QUEUE_ARN, [BUCKET_ARN], ACCOUNT)
 
 
 @pytest.mark.parametrize(
     ("mutate", "expected"),
     [
         (lambda d: d["Statement"][0]["Condition"].pop("StringEquals"), "aws:SourceAccount condition is None"),
-        (lambda d: d["Statement"][0]["Condition"].pop("ArnEquals"), "aws:SourceArn condition is None"),
+        (lambda d: d["Statement"][0]["Condition"].pop("ArnEquals"), "no aws:SourceArn (any bucket of any account)"),
         (lambda d: d["Statement"][0]["Condition"]["ArnEquals"].update({"aws:SourceArn": "arn:aws:s3:::other"}),
-         "expected arn:aws:s3:::logs-bucket"),
-        (lambda d: d["Statement"][0].update(Principal="*"), "is not only s3.amazonaws.com"),
-        (lambda d: d["Statement"][0].update(Action="sqs:*"), "are not only sqs:SendMessage"),
-        (lambda d: d["Statement"].append({**d["Statement"][0], "Sid": "Extra"}), "2 Allow statements"),
-        (lambda d: d.update(Statement=[]), "no statement allows s3.amazonaws.com"),
+         "['arn:aws:s3:::other'] is not a feed bucket"),
+        (lambda d: d["Statement"][0].update(Principal="*"), "lets '*' send messages (forged notifications)"),
+        (lambda d: d["Statement"].append({"Sid": "Extra", "Effect": "Allow", "Principal": {"AWS": "*"},
+                                          "Action": "sqs:*", "Resource": QUEUE_ARN}), "Extra: lets"),
+        (lambda d: d.update(Statement=[]), "no statement lets s3.amazonaws.com send"),
     ],
 )
 def test_queue_policy_problems_are_named(mutate: Any, expected: str) -> None:
     assert any(expected in problem for problem in _broken(mutate))
 
 
-def test_queue_policy_accepts_like_operators_and_extra_denies() -> None:
+def test_queue_policy_accepts_like_operators_extra_denies_and_other_readers() -> None:
     def loosen(doc: dict[str, Any]) -> None:
         conditions = doc["Statement"][0]["Condition"]
         conditions["ArnLike"] = conditions.pop("ArnEquals")
-        doc["Statement"].append({"Effect": "Deny", "Principal": "*", "Action": "sqs:*", "Resource": QUEUE_ARN})
+        doc["Statement"] += [{"Effect": "Deny", "Principal": "*", "Action": "sqs:*", "Resource": QUEUE_ARN},
+                             {"Sid": "Reader", "Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::1:user/x"},
+                              "Action": "sqs:ReceiveMessage", "Resource": QUEUE_ARN}]
 
     assert _broken(loosen) == []
+
+
+PRODUCTION_QUEUE_STATEMENT = {  # account/sqs.tf: no aws:SourceAccount
+    "Sid": "AllowSendMessage", "Effect": "Allow", "Principal": {"Service": "s3.amazonaws.com"},
+    "Action": "sqs:SendMessage", "Resource": QUEUE_ARN, "Condition": {"ArnEquals": {"aws:SourceArn": BUCKET_ARN}}}
+
+
+def test_merge_keeps_production_statement_and_adds_ours_beside_it() -> None:
+    merged = policies.merged_queue_policy(policies.document([PRODUCTION_QUEUE_STATEMENT]), QUEUE_ARN, [BUCKET_ARN],
+                                          ACCOUNT)
+    assert merged["Statement"][0] == PRODUCTION_QUEUE_STATEMENT
+    assert [s.get("Sid") for s in merged["Statement"]] == ["AllowSendMessage", "SocfeedsS3Notifications"]
+    assert policies.merged_queue_policy(merged, QUEUE_ARN, [BUCKET_ARN], ACCOUNT) == merged, "converges"
+    assert any("AllowSendMessage: aws:SourceAccount" in p
+               for p in policies.queue_policy_problems(merged, QUEUE_ARN, [BUCKET_ARN], ACCOUNT))
+
+
+def test_merge_recognises_an_equivalent_foreign_statement_and_adds_nothing() -> None:
+    equivalent = {**PRODUCTION_QUEUE_STATEMENT, "Condition": {
+        "ArnLike": {"aws:SourceArn": BUCKET_ARN}, "StringEquals": {"aws:SourceAccount": ACCOUNT}}}
+    current = policies.document([equivalent])
+    assert policies.merged_queue_policy(current, QUEUE_ARN, [BUCKET_ARN], ACCOUNT)["Statement"] == [equivalent]
 
 
 def test_reader_policy_is_exactly_what_xsiam_needs() -> None:
@@ -137,8 +171,11 @@ def test_reader_policy_is_exactly_what_xsiam_needs() -> None:
     assert statements["SocfeedsReadQueues"]["Action"] == list(policies.READER_QUEUE_ACTIONS)
     assert "sqs:ListQueues" not in statements["SocfeedsReadQueues"]["Action"]
     assert statements["SocfeedsReadObjects"]["Action"] == ["s3:GetObject"]
-    assert len(statements["SocfeedsReadQueues"]["Resource"]) == len(s.s3_feeds) == 4
-    assert all(r.endswith("/*") for r in statements["SocfeedsReadObjects"]["Resource"])
+    assert len(statements["SocfeedsReadQueues"]["Resource"]) == len(s.s3_feeds)
+    assert statements["SocfeedsReadObjects"]["Resource"] == sorted(
+        f"arn:aws:s3:::{bucket}/*" for feed in s.s3_feeds.values() for bucket in feed.buckets)
+    assert "arn:aws:s3:::cloud-platform-non-prod-modsec-logs-123456789012/*" in \
+        statements["SocfeedsReadObjects"]["Resource"], "every bucket of a multi-bucket feed is readable"
     review = policies.review_grants(doc["Statement"], doc)
     assert (review.missing, review.excess) == ([], [])
 
@@ -173,7 +210,9 @@ def test_review_reports_missing_grants_and_ignores_denies() -> None:
     deny = {"Effect": "Deny", "Action": "*", "Resource": "*"}
     review = policies.review_grants([*queues_only, deny], doc)
     assert review.excess == []
-    assert len(review.missing) == 4 and all(m.startswith("s3:getobject on arn:aws:s3:::") for m in review.missing)
+    buckets = [b for feed in settings().s3_feeds.values() for b in feed.buckets]
+    assert len(review.missing) == len(buckets) and all(m.startswith("s3:getobject on arn:aws:s3:::")
+                                                       for m in review.missing)
 
 
 KEY = f"arn:aws:kms:eu-west-2:{ACCOUNT}:key/0f6f1e33-1111-4a4a-9b9b-123456789abc"

@@ -30,9 +30,12 @@ def feed(**overrides: Any) -> dict[str, Any]:
             **overrides}
 
 
-def test_defaults_are_the_four_production_feeds_with_names_rendered() -> None:
+def test_defaults_are_the_production_feeds_with_names_rendered() -> None:
     s = settings()
-    assert sorted(s.s3_feeds) == ["application-logs", "cloudtrail", "route53-resolver", "vpc-flow-logs"]
+    assert {"application-logs", "cloudtrail", "route53-resolver", "vpc-flow-logs", "modsecurity"} <= set(s.s3_feeds)
+    assert s.s3_feeds["modsecurity"].buckets == ("cloud-platform-modsec-logs-123456789012",
+                                                  "cloud-platform-non-prod-modsec-logs-123456789012")
+    assert s.s3_feeds["modsecurity"].retention_days == "keep" and s.s3_feeds["modsecurity"].managed_by == "socfeeds"
     assert s.s3_feeds["cloudtrail"].bucket == "cp-cloudtraillogs-123456789012-do-not-delete"
     assert s.s3_feeds["cloudtrail"].dlq_name == "cp-cloudtrail-xsiam-dlq"
     source = s.s3_feeds["vpc-flow-logs"].source
@@ -50,6 +53,10 @@ def test_defaults_are_the_four_production_feeds_with_names_rendered() -> None:
         ({"s3_feeds": {"x": feed(queue="q.fifo")}}, "s3_feeds.x.queue: 'q.fifo'"),
         ({"s3_feeds": {"x": feed(dlq="a" * 81)}}, "s3_feeds.x.dlq"),
         ({"s3_feeds": {"x": feed(retention_days=0)}}, "retention_days"),
+        ({"s3_feeds": {"x": feed(retention_days="forever")}}, "retention_days"),
+        ({"s3_feeds": {"x": feed(), "y": feed(bucket="other-logs")}}, "queue 'my-logs' belongs to feed 'x' already"),
+        ({"s3_feeds": {"x": feed(additional_buckets=["Bad_B"])}}, "s3_feeds.x.additional_buckets[0]: 'Bad_B'"),
+        ({"s3_feeds": {"x": feed(managed_by="cloudformation")}}, "managed_by"),
         ({"s3_feeds": {"x": feed(kms_key_arn="arn:aws:kms:eu-west-2:1:key/x")}}, "is not a KMS key or alias ARN"),
         ({"s3_feeds": {"x": feed(log_type="Firewall")}}, "log_type"),
         ({"canary": {"writer_trusted_principals": []}}, "canary.writer_trusted_principals"),

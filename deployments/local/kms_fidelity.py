@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
+import moto
 from moto import settings
 from moto.core.authorization import ActionAuthenticatorMixin
 from moto.core.exceptions import JsonRESTError
@@ -126,12 +127,9 @@ def _s3_object_key(response: Any, bucket_name: str, key_name: str, version_id: s
     return stored.kms_key_id if stored is not None and stored.encryption in _KMS_ALGORITHMS else None
 
 
-def _s3_key_uses(response: Any, bucket_name: str, key_name: str) -> Iterator[tuple[str, str | None]]:
+def _s3_key_uses(response: Any, bucket: Any, key_name: str) -> Iterator[tuple[str, str | None]]:
     """The (KMS action, key id) uses of an object call; an SSE-KMS request without a key id uses aws/s3."""
     query = parse_qs(urlparse(response.uri).query, keep_blank_values=True)
-    bucket = response.backend.buckets.get(bucket_name)
-    if bucket is None:
-        return
     if response.method == "PUT" and not _OBJECT_SUBRESOURCES & query.keys():
         yield "GenerateDataKey", _s3_upload_key(response, bucket)
         if source := response.headers.get("x-amz-copy-source"):
@@ -143,17 +141,17 @@ def _s3_key_uses(response: Any, bucket_name: str, key_name: str) -> Iterator[tup
     elif response.method == "POST" and "uploads" in query:
         yield "GenerateDataKey", _s3_upload_key(response, bucket)
     elif response.method == "GET" and not _OBJECT_SUBRESOURCES & query.keys():
-        yield "Decrypt", _s3_object_key(response, bucket_name, key_name, query.get("versionId", [None])[0])
+        yield "Decrypt", _s3_object_key(response, bucket.name, key_name, query.get("versionId", [None])[0])
 
 
 def _s3_authorize(self: S3Response, bucket_name: str | None = None, key_name: str | None = None) -> None:
     on = _auth_on()
     _original_s3_authorize(self, bucket_name=bucket_name, key_name=key_name)
-    if not (on and bucket_name and key_name and "Authorization" in self.headers):
+    bucket = self.backend.buckets.get(bucket_name or "")
+    if not (on and bucket and key_name and "Authorization" in self.headers):
         return
     uses: list[tuple[str, str]] = []
-    for action, key_id in _s3_key_uses(self, bucket_name, key_name):
-        bucket = self.backend.buckets[bucket_name]
+    for action, key_id in _s3_key_uses(self, bucket, key_name):
         try:
             key_arn = _customer_key_arn(key_id, bucket.account_id, bucket.region_name) if key_id else None
         except _MissingKey:
@@ -193,5 +191,7 @@ def _sqs_authorize(self: SQSResponse, resource: str = "*") -> None:
 
 
 def apply() -> None:
+    if moto.__version__ != PATCHED_MOTO:
+        raise RuntimeError(f"kms_fidelity is written for moto {PATCHED_MOTO}, not {moto.__version__}")
     S3Response._authenticate_and_authorize_s3_action = _s3_authorize  # type: ignore[method-assign,assignment]
     SQSResponse._authenticate_and_authorize_normal_action = _sqs_authorize  # type: ignore[method-assign,assignment]

@@ -263,6 +263,7 @@ def local_settings(aws: LocalAws, state_dir: Path, xsiam: LocalXsiam, prefix: st
     for name, feed in default_s3_feeds().items():
         entry = feed.model_dump(mode="json", exclude_none=True)
         entry["bucket"] = prefix + entry["bucket"]
+        entry["additional_buckets"] = [prefix + b for b in entry.get("additional_buckets", [])]
         entry["queue"] = prefix + entry["queue"]
         source = entry.get("source", {})
         if "trail_name" in source:
