@@ -12,11 +12,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)  # KMS=1: every feed on one customer-managed KMS key
-	$(PY) -m deployments.local.demo $(if $(KMS),--kms)
+demo: $(STAMP)  # KMS=1: every feed on one customer-managed KMS key; BROWNFIELD=1: adopt an existing estate
+	$(PY) -m deployments.local.demo $(if $(KMS),--kms) $(if $(BROWNFIELD),--brownfield)
 
 up: $(STAMP)
-	$(PY) -m deployments.local.demo --keep $(if $(KMS),--kms)
+	$(PY) -m deployments.local.demo --keep $(if $(KMS),--kms) $(if $(BROWNFIELD),--brownfield)
 
 deploy: $(STAMP)  # to the server in PREFECT_API_URL: prefect.yaml and the alerts (README, Deployments)
 	$(PY) -m deployments.deploy

@@ -40,6 +40,11 @@ class Run:
     def firehose_feeds(self) -> list[str]:
         return [name for name in self.feeds if name in self.settings.firehose_feeds]
 
+    def owner(self, feed: str) -> str:
+        """Who owns a feed's resources; shared ones (reader, canary writer, keys) follow the top-level setting."""
+        declared = self.settings.s3_feeds.get(feed) or self.settings.firehose_feeds.get(feed)
+        return (declared.managed_by if declared else None) or self.settings.managed_by
+
 
 def start_run(feed_names: list[str] | None) -> Run:
     """Validate settings and the feed selection before any AWS call, then resolve what only AWS knows."""

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 
+import tasks.rds  # noqa: F401 (registers the RDS and CloudFront source wiring)
 from flows._common import StepsFailed, concurrent_tasks, gather, publish, start_run
+from socfeeds import terraform
 from socfeeds.report import Change
 from tasks.buckets import ensure_bucket
 from tasks.canary import ensure_canary_writer
@@ -16,7 +19,7 @@ from tasks.queues import ensure_queues
 from tasks.reader import ensure_reader
 from tasks.sources import ensure_source
 
-CHANGE_COLUMNS = ["feed", "resource", "action", "detail", "applied"]
+CHANGE_COLUMNS = ["feed", "resource", "action", "detail", "applied", "owner"]
 
 
 @flow(name="provision-feeds", task_runner=concurrent_tasks())
@@ -33,35 +36,45 @@ def provision_feeds(feeds: list[str] | None = None, dry_run: bool = False) -> li
         dry_run: Change nothing; report every change that would be made.
     """
     run = start_run(feeds)
-    keys = ensure_key_policies.submit(run.aws, run.settings, dry_run)  # S3 and CloudTrail test the key on setup
+    shared = dry_run or run.settings.managed_by == "terraform"  # the reader, the writer, key policies
+    keys = ensure_key_policies.submit(run.aws, run.settings, shared)  # S3 and CloudTrail test the key on setup
     steps: list[tuple[str, PrefectFuture[list[Change]]]] = [
         ("ensure-key-policies", keys),
-        ("ensure-reader", ensure_reader.submit(run.aws, run.settings, dry_run)),
-        ("ensure-canary-writer", ensure_canary_writer.submit(run.aws, run.settings, dry_run))]
+        ("ensure-reader", ensure_reader.submit(run.aws, run.settings, shared)),
+        ("ensure-canary-writer", ensure_canary_writer.submit(run.aws, run.settings, shared))]
     for name in run.s3_feeds:
-        bucket = ensure_bucket.submit(run.aws, run.settings, name, dry_run)
-        queues = ensure_queues.submit(run.aws, run.settings, name, dry_run)
+        plan_only = dry_run or run.owner(name) == "terraform"  # Terraform's resources are reported, never written
+        bucket = ensure_bucket.submit(run.aws, run.settings, name, plan_only)
+        queues = ensure_queues.submit(run.aws, run.settings, name, plan_only)
         steps += [
             (f"ensure-bucket[{name}]", bucket),
             (f"ensure-queues[{name}]", queues),
             (f"ensure-notification[{name}]",
-             ensure_notification.submit(run.aws, run.settings, name, dry_run, return_state=False,
+             ensure_notification.submit(run.aws, run.settings, name, plan_only, return_state=False,
                                        wait_for=[bucket, queues, keys])),
-            (f"ensure-source[{name}]", ensure_source.submit(run.aws, run.settings, name, dry_run, return_state=False,
-                                                             wait_for=[bucket, keys])),
+            (f"ensure-source[{name}]", ensure_source.submit(run.aws, run.settings, name, plan_only,
+                                                             return_state=False, wait_for=[bucket, keys])),
         ]
     for name in run.firehose_feeds:
-        logging = ensure_cluster_logging.submit(run.aws, run.settings, name, dry_run)
-        stream = ensure_delivery_stream.submit(run.aws, run.settings, name, dry_run)
+        plan_only = dry_run or run.owner(name) == "terraform"
+        logging = ensure_cluster_logging.submit(run.aws, run.settings, name, plan_only)
+        stream = ensure_delivery_stream.submit(run.aws, run.settings, name, plan_only)
         steps += [
             (f"ensure-cluster-logging[{name}]", logging),
             (f"ensure-delivery-stream[{name}]", stream),
             (f"ensure-subscription[{name}]", ensure_subscription.submit(
-                run.aws, run.settings, name, dry_run, return_state=False, wait_for=[logging, stream])),
+                run.aws, run.settings, name, plan_only, return_state=False, wait_for=[logging, stream])),
         ]
-    changes, errors = gather(steps)
+    planned, errors = gather(steps)
+    changes = [c.model_copy(update={"owner": run.owner(c.feed)}) for c in planned]
     verb = "would make" if dry_run else "made"
     summary = f"provision-feeds {verb} {len(changes)} changes" if changes else "provision-feeds: no changes"
+    handed_over = [c for c in changes if c.owner == "terraform"]
+    if handed_over:
+        summary += f" ({len(handed_over)} for Terraform to make: see the provision-feeds-terraform artifact)"
+        create_markdown_artifact(key="provision-feeds-terraform", description="Changes for the Terraform that owns "
+                                 "these resources (socfeeds wrote none of them)",
+                                 markdown=f"```hcl\n{terraform.snippet(handed_over)}\n```\n")
     publish("provision-feeds", summary, changes, CHANGE_COLUMNS)
     if errors:
         raise StepsFailed(f"{len(errors)} provisioning steps failed (rerun after the fix converges):\n"

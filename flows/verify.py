@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.futures import PrefectFuture
 
+import tasks.rds  # noqa: F401 (registers the RDS and CloudFront source wiring)
 from flows._common import concurrent_tasks, gather, publish, start_run
 from socfeeds.report import Finding, Status
 from tasks.buckets import check_bucket

@@ -19,9 +19,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 from socfeeds.arns import partition
-from socfeeds.settings import LogType
+from socfeeds.settings import LogType, RdsLogsSource
 
 CANARY_AGENT = "socfeeds-canary"
 FLOW_LOG_FIELDS = (
@@ -29,6 +30,16 @@ FLOW_LOG_FIELDS = (
     "bytes", "start", "end", "action", "log-status", "az-id", "flow-direction", "instance-id", "pkt-srcaddr",
     "pkt-dstaddr", "region", "sublocation-id", "sublocation-type", "subnet-id", "tcp-flags", "type", "vpc-id",
 )
+# CloudFront's access-log fields (Developer Guide, "Standard logging": log file fields), in the legacy file's order.
+CLOUDFRONT_FIELDS = (
+    "date", "time", "x-edge-location", "sc-bytes", "c-ip", "cs-method", "cs(Host)", "cs-uri-stem", "sc-status",
+    "cs(Referer)", "cs(User-Agent)", "cs-uri-query", "cs(Cookie)", "x-edge-result-type", "x-edge-request-id",
+    "x-host-header", "cs-protocol", "cs-bytes", "time-taken", "x-forwarded-for", "ssl-protocol", "ssl-cipher",
+    "x-edge-response-result-type", "cs-protocol-version", "fle-status", "fle-encrypted-fields", "c-port",
+    "time-to-first-byte", "x-edge-detailed-result-type", "sc-content-type", "sc-content-len", "sc-range-start",
+    "sc-range-end",
+)
+RDS_CANARY_LOG_TYPES = ("postgresql", "audit")  # the RDS log types rds_log_line writes
 EKS_AUDIT_STREAM_PREFIX = "kube-apiserver-audit-"  # EKS names audit streams kube-apiserver-audit-<32 hex>
 _NAMESPACE = "logging"  # where the canary's pod and service account live
 # Compass words of region names, as zone ids abbreviate them (ap-southeast-2 -> apse2).
@@ -250,11 +261,86 @@ def eks_audit_event(marker: str, at: datetime) -> str:
     })
 
 
+def cloudfront_access_log(origin: Origin, marker: str, at: datetime) -> LogObject:
+    """One viewer request in CloudFront's W3C access log: the `#Version` and `#Fields` directives, then one
+    tab-separated record a line, `-` for no value, the user agent URL-encoded as CloudFront writes it.
+
+    The marker rides in cs(User-Agent) (`socfeeds-canary/<marker>`), which XSIAM keeps verbatim in the raw line.
+    The key is standard logging (v2)'s default layout, `AWSLogs/<account>/CloudFront/<distribution id>.
+    <YYYY-MM-DD-HH>.<unique id>.gz`; the distribution id and domain are stable per account, as a real one's are.
+    """
+    at = _utc(at)
+    acct = origin.account_id
+    distribution = "E" + base64.b32encode(_digest("distribution", acct)).decode()[:13]
+    domain = f"d{_digest('domain', acct).hex()[:13]}.cloudfront.net"
+    row = {
+        "date": at.strftime("%Y-%m-%d"), "time": at.strftime("%H:%M:%S"), "x-edge-location": "LHR61-P1",
+        "sc-bytes": "412", "c-ip": "192.0.2.10", "cs-method": "GET", "cs(Host)": domain,
+        "cs-uri-stem": f"/{CANARY_AGENT}", "sc-status": "200", "cs(Referer)": "-",
+        "cs(User-Agent)": quote(f"{CANARY_AGENT}/{marker}", safe="/;:,()"), "cs-uri-query": "-", "cs(Cookie)": "-",
+        "x-edge-result-type": "Miss", "x-edge-request-id": base64.urlsafe_b64encode(secrets.token_bytes(40)).decode(),
+        "x-host-header": domain, "cs-protocol": "https", "cs-bytes": "131", "time-taken": "0.012",
+        "x-forwarded-for": "-", "ssl-protocol": "TLSv1.3", "ssl-cipher": "TLS_AES_128_GCM_SHA256",
+        "x-edge-response-result-type": "Miss", "cs-protocol-version": "HTTP/2.0", "fle-status": "-",
+        "fle-encrypted-fields": "-", "c-port": "49152", "time-to-first-byte": "0.011",
+        "x-edge-detailed-result-type": "Miss", "sc-content-type": "text/plain", "sc-content-len": "2",
+        "sc-range-start": "-", "sc-range-end": "-",
+    }
+    header = f"#Version: 1.0\n#Fields: {' '.join(CLOUDFRONT_FIELDS)}\n"
+    key = f"AWSLogs/{acct}/CloudFront/{distribution}.{at.strftime('%Y-%m-%d-%H')}.{secrets.token_hex(4)}.gz"
+    return _gzip(header + "\t".join(row[f] for f in CLOUDFRONT_FIELDS) + "\n", key)
+
+
+def rds_log_line(log_type: str, marker: str, at: datetime) -> str:
+    """A statement as RDS exports it to `/aws/rds/instance/<id>/<log type>`, the marker inside the SQL text.
+
+    postgresql: RDS's default log_line_prefix `%t:%r:%u@%d:[%p]:`; audit (RDS for MySQL and MariaDB): the MariaDB
+    audit plugin's `timestamp,serverhost,username,host,connectionid,queryid,operation,database,object,retcode`.
+    """
+    at = _utc(at)
+    statement = f"SELECT '{CANARY_AGENT} {marker}'"
+    if log_type == "postgresql":
+        return (f"{at.strftime('%Y-%m-%d %H:%M:%S')} UTC:192.0.2.10(49152):socfeeds_canary@postgres:"
+                f"[{4000 + at.second}]:LOG:  statement: {statement}")
+    if log_type == "audit":
+        escaped = statement.replace("'", "\\'")
+        return (f"{at.strftime('%Y%m%d %H:%M:%S')},ip-192-0-2-20,socfeeds_canary,192.0.2.10,{at.minute + 100},"
+                f"{at.second + 1000},QUERY,mysql,'{escaped}',0")
+    raise ValueError(f"no synthetic line for RDS log type {log_type!r} (written: {', '.join(RDS_CANARY_LOG_TYPES)})")
+
+
+def cloudwatch_event_id() -> str:
+    """CloudWatch Logs event ids are 56 decimal digits."""
+    return str(secrets.randbelow(10**56)).zfill(56)
+
+
+def rds_firehose_object(origin: Origin, marker: str, at: datetime) -> LogObject:
+    """What Firehose writes for an RDS log group's subscription: the CloudWatch Logs payload, gzip as CloudWatch Logs
+    sends it (the stream adds no compression of its own), at Firehose's default name under the prefix,
+    `<prefix>/YYYY/MM/DD/HH/<stream>-<version>-<YYYY-MM-DD-HH-MM-SS>-<uuid>`.
+
+    The payload keeps the log group (so the instance id and log type) and stream, as production's objects do; the
+    instance is the canary's own, so no real database is impersonated.
+    """
+    at = _utc(at)
+    group = f"{RdsLogsSource.LOG_GROUP_PREFIX}{CANARY_AGENT}/postgresql"
+    payload = {"messageType": "DATA_MESSAGE", "owner": origin.account_id, "logGroup": group, "logStream": CANARY_AGENT,
+               "subscriptionFilters": [f"{CANARY_AGENT}-postgresql-firehose"],
+               "logEvents": [{"id": cloudwatch_event_id(), "timestamp": int(at.timestamp() * 1000),
+                              "message": rds_log_line("postgresql", marker, at)}]}
+    key = (f"{origin.key_prefix.strip('/')}/{at.strftime('%Y/%m/%d/%H')}/{CANARY_AGENT}-1-"
+           f"{at.strftime('%Y-%m-%d-%H-%M-%S')}-{uuid.uuid4()}")
+    body = gzip.compress(json.dumps(payload, separators=(",", ":")).encode())
+    return LogObject(key, body, "application/octet-stream", None)
+
+
 WRITERS = {
     "Audit Logs": cloudtrail,
     "Flow Logs": vpc_flow_log,
     "Route 53": resolver_query_log,
     "Generic": fluent_bit,
+    "CloudFront": cloudfront_access_log,
+    "RDS": rds_firehose_object,
 }
 
 
@@ -281,11 +367,50 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def w3c_records(text: str) -> list[dict[str, str]]:
+    """CloudFront's access log: fields named by the file's own `#Fields:` directive (a v2 delivery chooses its
+    fields), one tab-separated record a line; other `#` lines are directives, not records."""
+    names: list[str] | None = None
+    records = []
+    for line in text.splitlines():
+        if line.startswith("#Fields:"):
+            names = line.removeprefix("#Fields:").split()
+        elif line.strip() and not line.startswith("#"):
+            if names is None:
+                raise ValueError("a record before the #Fields: directive")
+            records.append(dict(zip(names, line.split("\t"), strict=True)))
+    return records
+
+
+def _after_space(text: str, position: int) -> int:
+    while position < len(text) and text[position].isspace():
+        position += 1
+    return position
+
+
+def cloudwatch_payload_records(text: str) -> list[dict[str, Any]]:
+    """A Firehose object of CloudWatch Logs payloads, gunzipped: JSON documents back to back, no separator (Firehose
+    concatenates records as they come). One record per log event, with the payload's owner, logGroup, logStream
+    and subscriptionFilters, so each keeps where it came from; CONTROL_MESSAGE payloads carry no events."""
+    decoder = json.JSONDecoder()
+    records: list[dict[str, Any]] = []
+    position = _after_space(text, 0)
+    while position < len(text):
+        payload, position = decoder.raw_decode(text, position)
+        position = _after_space(text, position)
+        if payload.get("messageType") == "DATA_MESSAGE":
+            context = {k: payload[k] for k in ("owner", "logGroup", "logStream", "subscriptionFilters")}
+            records += [{**context, **event} for event in payload["logEvents"]]
+    return records
+
+
 READERS: dict[str, Callable[[str], Sequence[Mapping[str, Any]]]] = {
     "Audit Logs": cloudtrail_records,
     "Flow Logs": flow_log_records,
     "Route 53": json_lines,
     "Generic": json_lines,
+    "CloudFront": w3c_records,
+    "RDS": cloudwatch_payload_records,
 }
 
 

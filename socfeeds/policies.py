@@ -14,10 +14,12 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from socfeeds.arns import Arns
-from socfeeds.formats import EKS_AUDIT_STREAM_PREFIX
+from socfeeds.formats import EKS_AUDIT_STREAM_PREFIX, RDS_CANARY_LOG_TYPES
 from socfeeds.settings import (
+    CloudFrontSource,
     CloudTrailSource,
     FlowLogSource,
+    RdsLogsSource,
     ResolverQueryLogSource,
     S3Feed,
     Settings,
@@ -113,13 +115,60 @@ def source_write_statements(feed: S3Feed, settings: Settings) -> list[Statement]
              "Condition": {**scope, "StringEquals": {**scope["StringEquals"],
                                                      "s3:x-amz-acl": "bucket-owner-full-control"}}},
         ]
+    if isinstance(source, CloudFrontSource):
+        # Standard logging (v2): CloudWatch Logs delivers from a delivery source in us-east-1, under AWSLogs/<acct>/
+        # CloudFront/ (CloudWatch Logs User Guide, "Logs sent to Amazon S3"); the bucket ACL is only read.
+        principal = {"Service": "delivery.logs.amazonaws.com"}
+        delivery = Arns(CloudFrontSource.LOGS_REGION, settings.account_id).log_delivery_sources()
+        scope = {"StringEquals": {"aws:SourceAccount": settings.account_id}, "ArnLike": {"aws:SourceArn": delivery}}
+        return [
+            {"Sid": "SocfeedsCloudFrontAclCheck", "Effect": "Allow", "Principal": principal,
+             "Action": "s3:GetBucketAcl", "Resource": bucket_arn, "Condition": scope},
+            {"Sid": "SocfeedsCloudFrontWrite", "Effect": "Allow", "Principal": principal, "Action": "s3:PutObject",
+             "Resource": f"{bucket_arn}/AWSLogs/{settings.account_id}/CloudFront/*",
+             "Condition": {**scope, "StringEquals": {**scope["StringEquals"],
+                                                     "s3:x-amz-acl": "bucket-owner-full-control"}}},
+        ]
     return []
 
 
 def merge_owned(existing: Document, owned: list[Statement]) -> Document:
-    """Replace the statements socfeeds owns and keep everybody else's."""
+    """Replace the statements socfeeds owns and keep everybody else's; an owned statement another owner already
+    wrote (the same grant under another Sid) is recognised and not added again."""
     others = [s for s in as_list(existing.get("Statement", [])) if not is_owned(s)]
-    return {**existing, "Version": VERSION, "Statement": [*others, *owned]}
+    theirs = [_grant(s) for s in others]
+    return {**existing, "Version": VERSION, "Statement": [*others, *(s for s in owned if _grant(s) not in theirs)]}
+
+
+def _grant(statement: Statement) -> Any:
+    return canonical({k: v for k, v in statement.items() if k != "Sid"})
+
+
+def describe_merge(current: Document, merged: Document) -> str:
+    """What a policy write does, statement by statement, so a plan shows nothing of other owners is lost."""
+    before = as_list(current.get("Statement", []))
+    after = as_list(merged.get("Statement", []))
+    kept = [str(s.get("Sid", "(no Sid)")) for s in before if not is_owned(s)]
+    ours = [str(s.get("Sid")) for s in after if is_owned(s)]
+    return f"writes {', '.join(ours) or 'no socfeeds statement'}; keeps {', '.join(kept) or 'nothing else'}"
+
+
+SERVICE_WRITERS = {"cloudtrail.amazonaws.com", "delivery.logs.amazonaws.com", "logging.s3.amazonaws.com",
+                   "firehose.amazonaws.com", "config.amazonaws.com"}
+
+
+def unscoped_service_writes(doc: Document) -> list[str]:
+    """Statements (whoever wrote them) letting an AWS service write objects without aws:SourceArn or
+    aws:SourceAccount: the confused deputy, another account's trail or flow log could write here."""
+    found = []
+    for statement in as_list(doc.get("Statement", [])):
+        services = set(services_of(statement)) & SERVICE_WRITERS
+        writes = any(fnmatchcase("s3:putobject", str(a).lower()) for a in as_list(statement.get("Action", [])))
+        conditions = _flatten_conditions(statement.get("Condition", {}))
+        if statement.get("Effect") == "Allow" and services and writes and not (
+                {"aws:sourcearn", "aws:sourceaccount"} & set(conditions)):
+            found.append(f"{statement.get('Sid', '(no Sid)')} ({', '.join(sorted(services))})")
+    return found
 
 
 def is_owned(statement: Statement) -> bool:
@@ -138,9 +187,9 @@ def has_tls_only_deny(doc: Document, bucket_arn: str) -> bool:
 
 
 def missing_statements(doc: Document, expected: Iterable[Statement]) -> list[str]:
-    """Sids of expected statements not present (compared canonically) in the document."""
-    present = [canonical(s) for s in as_list(doc.get("Statement", []))]
-    return [str(s["Sid"]) for s in expected if canonical(s) not in present]
+    """Sids of expected statements whose grant (compared canonically, whatever its Sid) is not in the document."""
+    present = [_grant(s) for s in as_list(doc.get("Statement", []))]
+    return [str(s["Sid"]) for s in expected if _grant(s) not in present]
 
 
 # --- queues ----------------------------------------------------------------------------------
@@ -344,6 +393,12 @@ def firehose_role_policy(bucket_arn: str, log_stream_arn: str, secret_arn: str, 
 # --- the canary writer -----------------------------------------------------------------------
 
 CANARY_STREAM_PREFIX = f"{EKS_AUDIT_STREAM_PREFIX}socfeeds-canary-"  # EKS's own audit streams never start so
+RDS_CANARY_STREAM_PREFIX = "socfeeds-canary-"  # RDS names its streams after the instance; the canary's are apart
+
+
+def rds_canary_group(source: RdsLogsSource) -> str | None:
+    """The declared RDS log group the canary writes into: the first whose log type it can write a line for."""
+    return next((g for g in source.log_groups if source.instance_and_type(g)[1] in RDS_CANARY_LOG_TYPES), None)
 
 
 def canary_writer_trust(settings: Settings) -> Document:
@@ -360,8 +415,12 @@ def canary_object_arns(settings: Settings) -> list[str]:
 
 
 def canary_stream_arns(settings: Settings) -> list[str]:
+    """The canary's own log streams: EKS audit-like streams, and RDS ones in the group each RDS feed writes to."""
     arns = Arns(settings.region, settings.account_id)
-    return sorted(arns.log_stream(f.log_group, f"{CANARY_STREAM_PREFIX}*") for f in settings.firehose_feeds.values())
+    rds = [group for f in settings.s3_feeds.values() if isinstance(f.source, RdsLogsSource)
+           and (group := rds_canary_group(f.source))]
+    eks = [arns.log_stream(f.log_group, f"{CANARY_STREAM_PREFIX}*") for f in settings.firehose_feeds.values()]
+    return sorted([*eks, *(arns.log_stream(group, f"{RDS_CANARY_STREAM_PREFIX}*") for group in rds)])
 
 
 def canary_writer_policy(settings: Settings) -> Document:
@@ -431,6 +490,13 @@ def key_service_statements(settings: Settings, feeds: Iterable[S3Feed]) -> list[
             {"Sid": "SocfeedsCloudTrailDescribeKey", "Effect": "Allow", "Principal": principal,
              "Action": "kms:DescribeKey", "Resource": "*", "Condition": {"StringEquals": {"aws:SourceArn": trails}}},
         ]
+    if any(isinstance(f.source, CloudFrontSource) for f in feeds):  # CloudFront's deliveries live in us-east-1
+        statements.append({"Sid": "SocfeedsCloudFrontDeliveryEncrypt", "Effect": "Allow",
+                           "Principal": {"Service": "delivery.logs.amazonaws.com"},
+                           "Action": "kms:GenerateDataKey*", "Resource": "*",
+                           "Condition": {"StringEquals": {"aws:SourceAccount": settings.account_id},
+                                         "ArnLike": {"aws:SourceArn": Arns(CloudFrontSource.LOGS_REGION,
+                                                                           settings.account_id).log_delivery_sources()}}})
     if any(isinstance(f.source, FlowLogSource | ResolverQueryLogSource) for f in feeds):
         statements.append({"Sid": "SocfeedsLogDeliveryEncrypt", "Effect": "Allow",
                            "Principal": {"Service": "delivery.logs.amazonaws.com"},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from enum import StrEnum
 
@@ -28,7 +29,9 @@ class Finding(BaseModel):
 
 
 class Change(BaseModel):
-    """One change to AWS, made or (in a dry run) planned."""
+    """One change to AWS, made or (in a dry run, or for a resource Terraform owns) planned.
+
+    `wanted` is what the API call would send (JSON), so the change can be written in its owner's Terraform."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -37,6 +40,8 @@ class Change(BaseModel):
     action: str
     detail: str
     applied: bool
+    owner: str = "socfeeds"
+    wanted: str = ""
 
 
 class FindingsFor:
@@ -63,11 +68,12 @@ class ChangesFor:
         self.feed, self.resource, self.dry_run = feed, resource, dry_run
         self.changes: list[Change] = []
 
-    def make(self, action: str, detail: str, apply: Callable[[], object]) -> None:
+    def make(self, action: str, detail: str, apply: Callable[[], object], wanted: object = None) -> None:
         if not self.dry_run:
             apply()
-        self.changes.append(Change(feed=self.feed, resource=self.resource, action=action,
-                                   detail=detail, applied=not self.dry_run))
+        self.changes.append(Change(feed=self.feed, resource=self.resource, action=action, detail=detail,
+                                   applied=not self.dry_run,
+                                   wanted="" if wanted is None else json.dumps(wanted, sort_keys=True, default=str)))
 
 
 def table_rows(items: Iterable[BaseModel]) -> list[dict[str, str]]:

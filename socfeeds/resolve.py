@@ -1,7 +1,9 @@
 """What a plan needs from AWS before it can be made: names only AWS can turn into the ARNs policies use.
 
 IAM honours a KMS key's ARN, never its alias, so every `alias/...` in settings becomes its key ARN here,
-once per run; and an unset `canary.writer_trusted_principals` becomes the identity the flows run as.
+once per run; an unset `canary.writer_trusted_principals` becomes the identity the flows run as; and a trail that
+already delivers to a CloudTrail feed's bucket under another name is the feed's trail (adopted, by function), so
+the bucket and key policies name the trail that really writes.
 Everything downstream (policies, plans, checks) then sees plain ARNs.
 """
 
@@ -12,7 +14,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from socfeeds.aws import AwsClients, error_code
-from socfeeds.settings import Settings
+from socfeeds.settings import CloudTrailSource, S3Feed, Settings
 
 
 class ResolveError(ValueError):
@@ -53,7 +55,7 @@ def resolve(settings: Settings, aws: AwsClients) -> Settings:
         return keys[key]
 
     s3_feeds = {name: feed.model_copy(update={
-        "kms_key_arn": resolved(feed.kms_key_arn, f"s3_feeds.{name}.kms_key_arn")})
+        "kms_key_arn": resolved(feed.kms_key_arn, f"s3_feeds.{name}.kms_key_arn"), "source": _trail(aws, feed)})
         for name, feed in settings.s3_feeds.items()}
     firehose_feeds = {name: feed.model_copy(update={
         "kms_key_arn": resolved(feed.kms_key_arn, f"firehose_feeds.{name}.kms_key_arn")})
@@ -62,3 +64,16 @@ def resolve(settings: Settings, aws: AwsClients) -> Settings:
     if settings.canary.writer_trusted_principals is None:
         update["canary"] = settings.canary.model_copy(update={"writer_trusted_principals": [flows_identity(aws)]})
     return settings.model_copy(update=update)
+
+
+def _trail(aws: AwsClients, feed: S3Feed) -> object:
+    """The feed's source, with the trail that delivers to its bucket when the declared one does not."""
+    source = feed.source
+    if not isinstance(source, CloudTrailSource):
+        return source
+    trails = [t for t in aws.cloudtrail.describe_trails(includeShadowTrails=False).get("trailList", [])
+              if t.get("S3BucketName") == feed.bucket and t.get("HomeRegion", aws.region) == aws.region]
+    names = [str(t["Name"]) for t in trails]
+    if not names or source.trail_name in names:
+        return source
+    return source.model_copy(update={"trail_name": names[0]})

@@ -12,7 +12,7 @@ import os
 import re
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlparse
 
 import boto3
@@ -28,7 +28,7 @@ from pydantic_settings import (
 SETTINGS_FILE_ENV = "SOCFEEDS_SETTINGS_FILE"
 XSIAM_MIN_RETENTION_DAYS = 7
 
-LogType = Literal["Audit Logs", "Flow Logs", "Route 53", "Generic"]
+LogType = Literal["Audit Logs", "Flow Logs", "Route 53", "Generic", "CloudFront", "RDS"]
 ManagedBy = Literal["socfeeds", "terraform"]
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -81,8 +81,115 @@ class FluentBitSource(_Strict):
     output_path: Path = Path(".state/fluent-bit/output-s3.conf")
 
 
+class CloudFrontSource(_Strict):
+    """CloudFront standard logging (v2): CloudWatch Logs' vended-log delivery writes the W3C access log to the bucket.
+
+    v2, not legacy: legacy logging writes as the awslogsdelivery account through the bucket ACL, so it needs ACLs,
+    which the feed bucket's BucketOwnerEnforced ownership turns off; v2 writes as delivery.logs.amazonaws.com
+    under a bucket-policy statement (like flow logs) and is configured in us-east-1 whatever the bucket's region.
+    """
+
+    LOGS_REGION: ClassVar[str] = "us-east-1"
+
+    kind: Literal["cloudfront"] = "cloudfront"
+    distribution_id: str | None = Field(
+        None, pattern=r"^E[A-Z0-9]{7,20}$", description="The distribution whose delivery socfeeds owns. Unset: the "
+        "distributions' owners set up their own deliveries to the bucket; verify checks that at least one does.")
+    key_prefix: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9!_.*'(){}/-]{1,256}$", description="The delivery's S3 suffix path (CloudWatch "
+        "Logs' s3DeliveryConfiguration.suffixPath, e.g. {DistributionId}/{yyyy}/{MM}/{dd}/{HH}); AWS keeps it "
+        "under AWSLogs/<account>/CloudFront/. Unset: AWS's default.")
+
+
+class RdsLogsSource(_Strict):
+    """RDS log groups -> CloudWatch Logs subscription filter -> Firehose (extended S3) -> the feed bucket.
+
+    No RDS instance is ever created here: each log group is adopted, or created as the platform's RDS module
+    creates it before the instance exports to it. Names may use {account_id}, {region} and {bucket} (the feed's
+    bucket: one stream and one pair of roles per feed); the subscription filter also {instance} and {log_type}
+    of its log group (the platform names its filters `<instance>-<log type>-firehose`).
+    """
+
+    LOG_GROUP_PREFIX: ClassVar[str] = "/aws/rds/instance/"
+
+    kind: Literal["rds_logs"] = "rds_logs"
+    log_groups: list[str] = Field(default_factory=list, description="/aws/rds/instance/<instance id>/<log type> "
+                                  "(postgresql, upgrade, audit, error, general, slowquery, ...).")
+    log_retention_days: int | None = Field(14, description="Retention of the log groups (the platform's RDS module "
+                                           "sets 14); None leaves it as it is.")
+    key_prefix: str = Field("logs", pattern=r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*$",
+                            description="Firehose's object prefix; Firehose adds YYYY/MM/DD/HH/ after it.")
+    delivery_stream: str = "socfeeds-{bucket}"
+    subscription_filter: str = "{instance}-{log_type}-firehose"
+    logs_role: str = "socfeeds-logs-{bucket}"
+    firehose_role: str = "socfeeds-firehose-{bucket}"
+    buffering_mib: int = Field(64, ge=1, le=128, description="The platform's stream buffers 64 MiB / 60 s.")
+    buffering_seconds: int = Field(60, ge=0, le=900)
+
+    @field_validator("log_groups")
+    @classmethod
+    def _rds_log_groups(cls, value: list[str]) -> list[str]:
+        for group in value:
+            cls.instance_and_type(group)
+        if len(set(value)) != len(value):
+            raise ValueError(f"{value} names a log group twice")
+        return value
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, value: int | None) -> int | None:
+        if value is not None and value not in CLOUDWATCH_RETENTION_DAYS:
+            raise ValueError(f"{value} is not a CloudWatch Logs retention ({sorted(CLOUDWATCH_RETENTION_DAYS)})")
+        return value
+
+    @model_validator(mode="after")
+    def _name_templates(self) -> RdsLogsSource:
+        self.rendered("123456789012", "eu-west-2", "bucket")  # placeholders and characters; lengths when rendered
+        return self
+
+    @classmethod
+    def instance_and_type(cls, log_group: str) -> tuple[str, str]:
+        """(DB instance identifier, log type) of an RDS log group; RDS names them /aws/rds/instance/<id>/<type>."""
+        instance, _, log_type = log_group.removeprefix(cls.LOG_GROUP_PREFIX).partition("/")
+        if not (log_group.startswith(cls.LOG_GROUP_PREFIX) and re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,62}", instance)
+                and re.fullmatch(r"[a-z]+", log_type)):
+            raise ValueError(f"{log_group!r} is not an RDS log group ({cls.LOG_GROUP_PREFIX}<instance id>/<log type>)")
+        return instance, log_type
+
+    def rendered(self, account_id: str, region: str, bucket: str) -> RdsLogsSource:
+        """The names with their placeholders filled in (the filter's {instance} and {log_type} stay for
+        filter_name), checked as AWS checks them."""
+        values = {"account_id": account_id, "region": region, "bucket": bucket}
+        try:
+            names = {field: str(getattr(self, field)).format(**values)
+                     for field in ("delivery_stream", "logs_role", "firehose_role")}
+            names["subscription_filter"] = self.subscription_filter.format(**values, instance="{instance}",
+                                                                           log_type="{log_type}")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(f"a source name uses an unknown placeholder ({error}): use {{account_id}}, {{region}}, "
+                             "{bucket}; the subscription filter also {instance} and {log_type}") from error
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", names["delivery_stream"]):
+            raise ValueError(f"delivery_stream {names['delivery_stream']!r} is not a Firehose stream name "
+                             "(1-64 letters, digits, '_', '.', '-')")
+        for role in ("logs_role", "firehose_role"):
+            if not _IAM_NAME_RE.match(names[role]):
+                raise ValueError(f"{role} {names[role]!r} is not an IAM role name (1-64 of [\\w+=,.@-])")
+        source = self.model_copy(update=names)
+        source.filter_name(f"{self.LOG_GROUP_PREFIX}db/audit")
+        return source
+
+    def filter_name(self, log_group: str) -> str:
+        """The subscription filter's name for a log group (of a rendered source)."""
+        instance, log_type = self.instance_and_type(log_group)
+        name = self.subscription_filter.format(instance=instance, log_type=log_type)
+        if not re.fullmatch(r"[^:*]{1,512}", name):
+            raise ValueError(f"subscription filter name {name!r} is not valid (1-512 characters, no ':' or '*')")
+        return name
+
+
 Source = Annotated[
-    CloudTrailSource | FlowLogSource | ResolverQueryLogSource | FluentBitSource, Field(discriminator="kind")
+    CloudTrailSource | FlowLogSource | ResolverQueryLogSource | FluentBitSource | CloudFrontSource | RdsLogsSource,
+    Field(discriminator="kind"),
 ]
 
 
@@ -205,6 +312,9 @@ LOG_TYPE_DATASETS: dict[str, str] = {
     "Route 53": "amazon_route53_raw",
     "Generic": "amazon_aws_raw",
     "EKS": "amazon_eks_raw",
+    # XSIAM's S3 data source has no CloudFront or RDS log type: both are Generic, landing in <vendor>_<product>_raw
+    "CloudFront": "amazon_cloudfront_raw",
+    "RDS": "amazon_rds_raw",
 }
 
 
@@ -249,6 +359,24 @@ class RotationPolicy(_Strict):
         "the key never passes for XSIAM's use. 0 for an emulator that records exact times.")
     new_key_ready_seconds: int = Field(60, ge=1, description="How long a new key may take to start working.")
 
+    @model_validator(mode="after")
+    def _satisfiable(self) -> RotationPolicy:
+        """A policy nobody can satisfy would pause every rotation until it times out: refuse it before any run.
+
+        With no `rotation` section at all nothing is set, and the rotation refuses to make a key instead.
+        """
+        if not self.model_fields_set:
+            return self
+        names = sorted(set(self.approvers))
+        if not names:
+            raise ValueError("approvers is empty, so nobody could approve a rotation: list the people who may "
+                             "approve, e.g. approvers = [\"soc-on-call\"]")
+        if self.required_approvals > len(names):
+            raise ValueError(f"required_approvals is {self.required_approvals} but approvers lists {len(names)} "
+                             f"distinct name(s) {names}, so a rotation could never be approved: list more approvers "
+                             "or lower required_approvals")
+        return self
+
 
 class ReaderSettings(_Strict):
     """The identity XSIAM reads the feeds with: an IAM user with access keys, or (keyless) a role."""
@@ -261,6 +389,9 @@ class ReaderSettings(_Strict):
     user_name: str = Field("cortex_xsiam_user", pattern=_IAM_NAME_RE.pattern)
     path: str = Field("/cloud-platform/soc/", pattern=_IAM_PATH_RE.pattern, max_length=512)
     policy_name: str = Field("socfeeds-xsiam-reader", pattern=r"^[\w+=,.@-]{1,128}$")
+    policy_path: str | None = Field(None, pattern=_IAM_PATH_RE.pattern, max_length=512,
+                                    description="Path of the reader's managed policy; defaults to path. A policy name "
+                                    "is unique in the account whatever its path, so an existing one is adopted here.")
     secret_name: str = Field("socfeeds/xsiam-reader-access-key", pattern=r"^[A-Za-z0-9/_+=.@-]{1,512}$",
                              description="Secrets Manager secret holding the reader's current access key.")
 
@@ -324,6 +455,21 @@ def default_s3_feeds() -> dict[str, S3Feed]:
             additional_buckets=("cloud-platform-non-prod-modsec-logs-{account_id}",),
             queue="cp-modsec-logs-xsiam",
             retention_days="keep",  # the platform's buckets keep these; socfeeds adds no expiry
+        ),
+        "cloudfront": S3Feed(  # the platform's bucket (account/s3.tf); its distributions' access logs
+            log_type="CloudFront",
+            bucket="cloud-platform-cloudfront-cortex-logs-bucket",
+            queue="cp-cloudfront-logs-xsiam",
+            retention_days=90,
+            source=CloudFrontSource(),
+        ),
+        "rds": S3Feed(  # log groups of RDS instances that opt in (rds-instance module: opt_in_xsiam_logging)
+            log_type="RDS",
+            bucket="cloud-platform-rds-logs-{account_id}",
+            queue="cp-rds-logs-xsiam",
+            retention_days=90,
+            versioning=True,  # as the platform's rds_logs_to_cortex_s3 bucket
+            source=RdsLogsSource(),
         ),
     }
 
@@ -542,7 +688,7 @@ def canary_key_prefix(feed_name: str) -> str:
 
 def log_key_prefix(feed: S3Feed, account_id: str) -> str:
     """Where the feed's source writes objects; a notification filter must not hide these keys."""
-    if isinstance(feed.source, FluentBitSource):
+    if isinstance(feed.source, FluentBitSource | RdsLogsSource):
         return feed.source.key_prefix.strip("/") + "/"
     if feed.source is None:
         return ""

@@ -172,17 +172,19 @@ def ensure_bucket_state(aws: AwsClients, spec: BucketSpec, changes: ChangesFor) 
         location = {} if spec.region == "us-east-1" else {
             "CreateBucketConfiguration": {"LocationConstraint": spec.region}}
         changes.make("create bucket", f"in {spec.region}",
-                     lambda: aws.s3.create_bucket(Bucket=bucket, **location))  # type: ignore[arg-type]
+                     lambda: aws.s3.create_bucket(Bucket=bucket, **location),  # type: ignore[arg-type]
+                     wanted={"bucket": bucket})
 
     if not exists or _ownership(aws, bucket) != OWNER_ENFORCED:
         changes.make("enforce bucket owner", f"Object Ownership {OWNER_ENFORCED} (ACLs off)",
                      lambda: aws.s3.put_bucket_ownership_controls(Bucket=bucket, OwnershipControls=cast(Any, {
-                         "Rules": [{"ObjectOwnership": OWNER_ENFORCED}]})))
+                         "Rules": [{"ObjectOwnership": OWNER_ENFORCED}]})), wanted={"object_ownership": OWNER_ENFORCED})
 
     if not exists or _public_access(aws, bucket) != PUBLIC_ACCESS_BLOCKED:
         changes.make("block public access", "all four public access block settings on",
                      lambda: aws.s3.put_public_access_block(
-                         Bucket=bucket, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCKED))  # type: ignore[arg-type]
+                         Bucket=bucket, PublicAccessBlockConfiguration=PUBLIC_ACCESS_BLOCKED),  # type: ignore[arg-type]
+                     wanted=PUBLIC_ACCESS_BLOCKED)
 
     rule = _encryption_rule(spec)
     defaults = [r["ApplyServerSideEncryptionByDefault"] for r in _encryption_rules(aws, bucket)] if exists else []
@@ -190,12 +192,12 @@ def ensure_bucket_state(aws: AwsClients, spec: BucketSpec, changes: ChangesFor) 
         algorithm = rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"]
         changes.make("set default encryption", algorithm,
                      lambda: aws.s3.put_bucket_encryption(
-                         Bucket=bucket, ServerSideEncryptionConfiguration=cast(Any, {"Rules": [rule]})))
+                         Bucket=bucket, ServerSideEncryptionConfiguration=cast(Any, {"Rules": [rule]})), wanted=rule)
 
     if spec.versioning and (not exists or aws.s3.get_bucket_versioning(Bucket=bucket).get("Status") != "Enabled"):
         changes.make("enable versioning", "the feed asks for versioning",
                      lambda: aws.s3.put_bucket_versioning(
-                         Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}))
+                         Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}), wanted={"status": "Enabled"})
 
     current_rules = _lifecycle_rules(aws, bucket) if exists else []
     wanted = lifecycle_rules(spec)
@@ -215,14 +217,14 @@ def ensure_bucket_state(aws: AwsClients, spec: BucketSpec, changes: ChangesFor) 
         changes.make("set lifecycle rules", f"{', '.join(stale)}: {expiry}; incomplete uploads aborted{canary}; "
                      f"{len(others)} other rules kept",
                      lambda: aws.s3.put_bucket_lifecycle_configuration(
-                         Bucket=bucket, LifecycleConfiguration={"Rules": rules}))  # type: ignore[typeddict-item]
+                         Bucket=bucket, LifecycleConfiguration={"Rules": rules}),  # type: ignore[typeddict-item]
+                     wanted={"rules": wanted})
 
     current = _policy(aws, bucket) if exists else policies.document([])
     merged = policies.merge_owned(current, spec.owned_statements())
     if policies.canonical(merged) != policies.canonical(current):
-        sids = [s["Sid"] for s in spec.owned_statements()]
-        changes.make("write bucket policy", f"statements {', '.join(sids)}; other statements kept",
-                     lambda: aws.s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(merged)))
+        changes.make("write bucket policy", policies.describe_merge(current, merged),
+                     lambda: aws.s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(merged)), wanted=merged)
 
 
 def effective_expiry_days(rules: list[dict[str, Any]], key_prefix: str) -> int | None:
@@ -282,6 +284,11 @@ def check_bucket_state(aws: AwsClients, settings: Settings, spec: BucketSpec, ch
     missing = policies.missing_statements(policy, spec.source_statements)
     check.expect("source write access", not missing,
                  f"missing statements {missing}" if missing else "log source may write", fix)
+    unscoped = policies.unscoped_service_writes(policy)
+    check.expect("confused deputy", not unscoped, f"service writes without aws:SourceArn/aws:SourceAccount: "
+                 f"{', '.join(unscoped)}" if unscoped else "every service write is scoped to this account's sources",
+                 "add aws:SourceArn (the trail or log sources) and aws:SourceAccount conditions to "
+                 f"{', '.join(unscoped)} where that statement is written (socfeeds' own statements carry both)")
 
     if spec.versioning:
         status = aws.s3.get_bucket_versioning(Bucket=bucket).get("Status", "never enabled")

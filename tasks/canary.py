@@ -25,7 +25,7 @@ from socfeeds import formats, policies
 from socfeeds.arns import Arns
 from socfeeds.aws import AwsClients
 from socfeeds.report import Change, ChangesFor, Finding, FindingsFor, Status
-from socfeeds.settings import LOG_TYPE_DATASETS, FirehoseFeed, S3Feed, Settings, canary_key_prefix
+from socfeeds.settings import LOG_TYPE_DATASETS, FirehoseFeed, RdsLogsSource, S3Feed, Settings, canary_key_prefix
 from tasks._task import aws_task
 from tasks.firehose import backed_up_records
 from tasks.iam import granted_statements
@@ -193,7 +193,12 @@ def _session_name(run_tag: str) -> str:
 def canary_feed(aws: AwsClients, writer: AwsClients, xql: XqlClient | None, settings: Settings,
                 feed_name: str, run_tag: str) -> list[CanaryResult]:
     """One result (a list, like every task's findings), by the path the feed's kind takes."""
-    canary = _canary_s3 if feed_name in settings.s3_feeds else _canary_firehose
+    feed = settings.s3_feeds.get(feed_name)
+    if feed is not None and isinstance(feed.source, RdsLogsSource) and policies.rds_canary_group(feed.source):
+        from tasks.rds import canary_rds  # through the log group, subscription and Firehose (tasks.rds imports us)
+
+        return [canary_rds(aws, writer, xql, settings, feed_name, run_tag)]
+    canary = _canary_s3 if feed is not None else _canary_firehose
     return [canary(aws, writer, xql, settings, feed_name, run_tag)]
 
 

@@ -85,24 +85,23 @@ def _ensure_queue(aws: AwsClients, changes: ChangesFor, name: str,
     if url is None:
         wanted = wanted_for(None)
         changes.make("create queue", f"{name} with {', '.join(sorted(wanted))}",
-                     lambda: aws.sqs.create_queue(QueueName=name, Attributes=wanted))  # type: ignore[arg-type]
+                     lambda: aws.sqs.create_queue(QueueName=name, Attributes=wanted),  # type: ignore[arg-type]
+                     wanted={"queue": name, "attributes": wanted})
         return
     current = _attributes(aws, url, "All")
     wanted = wanted_for(current.get("Policy"))
     drift = {k: v for k, v in wanted.items() if not _same(k, current.get(k), v)}
+    if current.get("KmsMasterKeyId") and "KmsMasterKeyId" not in wanted:
+        drift["KmsMasterKeyId"] = ""  # back to SSE-SQS: SQS drops the key only when told to
     if drift:
         shown = [_policy_change(current.get("Policy"), drift[k]) if k == "Policy" else k for k in sorted(drift)]
         changes.make("set queue attributes", f"{name}: {', '.join(shown)}",
-                     lambda: aws.sqs.set_queue_attributes(QueueUrl=url, Attributes=drift))  # type: ignore[arg-type]
+                     lambda: aws.sqs.set_queue_attributes(QueueUrl=url, Attributes=drift),  # type: ignore[arg-type]
+                     wanted={"queue": name, "attributes": drift})
 
 
 def _policy_change(current: str | None, wanted: str) -> str:
-    """What a policy write does, statement by statement, so the plan shows that nothing of others is lost."""
-    before = policies.as_list(policies.parse(current).get("Statement", []))
-    after = policies.as_list(policies.parse(wanted).get("Statement", []))
-    kept = [str(s.get("Sid", "(no Sid)")) for s in before if not policies.is_owned(s)]
-    ours = [str(s.get("Sid")) for s in after if policies.is_owned(s)]
-    return f"Policy (writes {', '.join(ours) or 'no socfeeds statement'}; keeps {', '.join(kept) or 'nothing else'})"
+    return f"Policy ({policies.describe_merge(policies.parse(current), policies.parse(wanted))})"
 
 
 @aws_task("ensure-queues")
@@ -145,10 +144,11 @@ def check_queue(aws: AwsClients, settings: Settings, feed_name: str) -> list[Fin
     sse = attributes.get("SqsManagedSseEnabled") == "true" or bool(attributes.get("KmsMasterKeyId"))
     check.expect("encryption", sse, "SSE on" if sse else "SSE off", fix)
     key = attributes.get("KmsMasterKeyId")
-    if key == "alias/aws/sqs":
-        check.add("encryption key", Status.FAIL, "AWS-managed alias/aws/sqs silently drops S3 notifications",
-                  "use SSE-SQS or a customer-managed key that s3.amazonaws.com may use")
-    elif key:
+    wanted_key = feed.kms_key_arn or "SSE-SQS"
+    check.expect("encryption key", key != "alias/aws/sqs", "AWS-managed alias/aws/sqs silently drops S3 notifications"
+                 if key == "alias/aws/sqs" else f"{key or 'SSE-SQS'} (settings: {wanted_key})",
+                 f"{fix} (it puts the queue back on {wanted_key}, which S3 can notify)")
+    if key and key != "alias/aws/sqs":
         check_key_use(aws, settings, check, key, [reader(settings)], [policies.s3_notification_key_statement()],
                       feed.kms_key_arn)
 

@@ -21,9 +21,24 @@ IAM_MAX_POLICY_VERSIONS = 5
 READER = "reader"
 
 
+def _policy_path(settings: Settings) -> str:
+    return settings.reader.policy_path or settings.reader.path
+
+
 def _policy_arn(settings: Settings) -> str:
-    reader = settings.reader
-    return Arns(settings.region, settings.account_id).iam_policy(reader.path, reader.policy_name)
+    return Arns(settings.region, settings.account_id).iam_policy(_policy_path(settings), settings.reader.policy_name)
+
+
+class PolicyNameTaken(RuntimeError):
+    """IAM refuses a second managed policy of the same name in an account, whatever its path."""
+
+
+def _same_name_elsewhere(aws: AwsClients, settings: Settings) -> str | None:
+    """The ARN of a customer-managed policy with the reader policy's name at another path, if any."""
+    pages = aws.iam.get_paginator("list_policies").paginate(Scope="Local")
+    wanted = _policy_arn(settings)
+    return next((str(p["Arn"]) for page in pages for p in page["Policies"]
+                 if p["PolicyName"] == settings.reader.policy_name and p["Arn"] != wanted), None)
 
 
 def _make_room_for_a_version(aws: AwsClients, policy_arn: str) -> None:
@@ -71,10 +86,15 @@ def ensure_reader(aws: AwsClients, settings: Settings, dry_run: bool) -> list[Ch
                          lambda: aws.iam.create_user(UserName=name, Path=reader.path))
 
     policy = absent_on({"NoSuchEntity"}, aws.iam.get_policy, PolicyArn=policy_arn)
+    if policy is None and (elsewhere := _same_name_elsewhere(aws, settings)):
+        path = elsewhere.split(":policy", 1)[1].rsplit("/", 1)[0] + "/"
+        raise PolicyNameTaken(f"managed policy {reader.policy_name} already exists as {elsewhere} (IAM allows one "
+                              f"policy of a name per account). Fix: set reader.policy_path = {path!r} to adopt it, "
+                              "or choose another reader.policy_name, then rerun provision-feeds")
     if policy is None:
         changes.make("create policy", f"{reader.policy_name}: read feed queues and objects only",
-                     lambda: aws.iam.create_policy(PolicyName=reader.policy_name, Path=reader.path,
-                                                   PolicyDocument=json.dumps(wanted)))
+                     lambda: aws.iam.create_policy(PolicyName=reader.policy_name, Path=_policy_path(settings),
+                                                   PolicyDocument=json.dumps(wanted)), wanted=wanted)
     elif policies.canonical(default_document(aws, policy_arn)) != policies.canonical(wanted):
         def new_version() -> None:
             _make_room_for_a_version(aws, policy_arn)

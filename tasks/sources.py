@@ -1,20 +1,25 @@
 """The AWS service (or agent) that writes each feed's logs into its bucket.
 
 One ensure and one check per source kind, chosen by the declaration's type, so a feed with a
-known source gets its wiring from data alone.
+known source gets its wiring from data alone. Each kind reads AWS once, plans the steps, and
+ensure applies what check reports. Sources are found by what they do (they write into the
+feed's bucket), never by name: the platform's estate is adopted under its own names.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import singledispatch
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import TaskRunContext
 
 from socfeeds.arns import Arns
-from socfeeds.aws import AwsClients, absent_on
+from socfeeds.aws import AwsClients, absent_on, error_code
 from socfeeds.formats import FLOW_LOG_FIELDS
 from socfeeds.report import Change, ChangesFor, Finding, FindingsFor, Status
 from socfeeds.settings import (
@@ -30,6 +35,7 @@ from tasks._task import aws_task
 # The custom format XSIAM's flow-log parser requires (feeds.md), in this order.
 FLOW_LOG_FORMAT = " ".join("${" + field + "}" for field in FLOW_LOG_FIELDS)
 FIX = "run provision-feeds for this feed"
+SOCFEEDS_TAG = "socfeeds:feed"  # on the flow logs socfeeds creates (flow logs have no name)
 
 
 @singledispatch
@@ -64,7 +70,104 @@ def check_source(aws: AwsClients, settings: Settings, feed_name: str) -> list[Fi
     return check.findings
 
 
+# --- one plan for ensure and check -----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Step:
+    """One change a source needs. ensure applies the steps and check reports them, so the two agree.
+
+    `apply` is None when provision will not make the change (AWS cannot, or settings forbid it): provision
+    then reports it unapplied and `fix` tells the engineer what to do.
+    """
+
+    action: str
+    detail: str
+    apply: Callable[[], object] | None = None
+    fix: str = ""
+    wanted: object = None  # what the call sends, for a Terraform owner (socfeeds.terraform)
+
+
+def _apply(steps: list[Step], changes: ChangesFor) -> None:
+    for step in steps:
+        if step.apply is None:
+            changes.changes.append(Change(feed=changes.feed, resource=changes.resource, action=step.action,
+                                          detail=f"{step.detail}. Fix: {step.fix}", applied=False))
+        else:
+            changes.make(step.action, step.detail, step.apply, wanted=step.wanted)
+
+
+def _fix(steps: list[Step]) -> str:
+    """What the engineer does: the manual fix when provision will not act, else what provision will do."""
+    manual = [step.fix for step in steps if step.apply is None]
+    if manual:
+        return "; ".join(manual)
+    return f"{FIX} (it will {', then '.join(f'{s.action}: {s.detail}' for s in steps)})"
+
+
+def _provenance(name: str, declared: str) -> str:
+    return "declared in settings" if name == declared else f"adopted, not socfeeds' name {declared!r}"
+
+
+def count_sources(aws: AwsClients, settings: Settings, feed_name: str) -> dict[str, int]:
+    """How many sources of the feed's kind deliver into its bucket, and for query logging how many associations
+    of the VPC with them (1 is right; more means duplicate records)."""
+    feed = settings.s3_feeds[feed_name]
+    source = feed.source
+    bucket_arn = Arns(settings.region, settings.account_id).bucket(feed.bucket)
+    if isinstance(source, FlowLogSource):
+        assert source.vpc_id is not None  # settings fill it in
+        return {"flow_logs": len(flow_logs_to_bucket(aws, source.vpc_id, bucket_arn))}
+    if isinstance(source, ResolverQueryLogSource):
+        assert source.vpc_id is not None
+        state = read_query_logging(aws, source.vpc_id, bucket_arn)
+        return {"query_log_configs": len(state.delivering), "associations": len(state.associated())}
+    if isinstance(source, CloudTrailSource):
+        return {"trails": len(trails_to_bucket(aws, feed.bucket))}
+    return {}
+
+
 # --- CloudTrail ------------------------------------------------------------------------------
+
+def trails_to_bucket(aws: AwsClients, bucket: str) -> list[dict[str, Any]]:
+    """Every trail writing into the bucket, whatever its name (shadow copies of other regions' trails too)."""
+    trails = aws.cloudtrail.describe_trails(includeShadowTrails=True).get("trailList", [])
+    return sorted((dict(t) for t in trails if t.get("S3BucketName") == bucket), key=lambda t: str(t.get("Name")))
+
+
+def trail_log_prefix(trail: Mapping[str, Any], account_id: str) -> str:
+    """Where a trail's objects land: `<S3KeyPrefix>/AWSLogs/<account>/`, or `AWSLogs/<account>/` without a prefix.
+
+    An adopted trail keeps the platform's prefix (its other readers find the logs there), so the bucket policy's
+    CloudTrail write statement and any notification filter must cover this prefix, not only `AWSLogs/`.
+    """
+    prefix = str(trail.get("S3KeyPrefix") or "").strip("/")
+    return f"{prefix}/AWSLogs/{account_id}/" if prefix else f"AWSLogs/{account_id}/"
+
+
+@dataclass(frozen=True)
+class TrailState:
+    """The trail that does the feed's job (declared name first), the others that also write to the bucket, and
+    the trail holding the declared name when it writes elsewhere (a name AWS will not give twice)."""
+
+    trail: dict[str, Any] | None
+    others: list[dict[str, Any]]
+    name_taken_by: dict[str, Any] | None
+    status: dict[str, Any]
+
+
+def read_trail(aws: AwsClients, settings: Settings, feed: S3Feed) -> TrailState:
+    assert isinstance(feed.source, CloudTrailSource)
+    declared = feed.source.trail_name
+    found = sorted(trails_to_bucket(aws, feed.bucket), key=lambda t: (t.get("Name") != declared,
+                                                                      t.get("HomeRegion", settings.region)
+                                                                      != settings.region))
+    if not found:
+        answer = absent_on({"TrailNotFoundException"}, aws.cloudtrail.get_trail, Name=declared)
+        return TrailState(None, [], dict(answer["Trail"]) if answer else None, {})
+    trail = found[0]
+    status = aws.cloudtrail.get_trail_status(Name=str(trail.get("TrailARN") or trail["Name"]))
+    return TrailState(trail, found[1:], None, dict(status))
+
 
 def _trail_shape(feed: S3Feed) -> dict[str, Any]:
     """With a feed key, the trail encrypts with it (SSE-KMS with the trail's encryption context)."""
@@ -73,94 +176,249 @@ def _trail_shape(feed: S3Feed) -> dict[str, Any]:
             "LogFileValidationEnabled": True, **key}
 
 
+def _trail_drift(feed: S3Feed, trail: Mapping[str, Any]) -> list[str]:
+    """Settings that differ; S3KeyPrefix is not one of them: an adopted trail keeps the platform's prefix."""
+    return sorted(k for k, v in _trail_shape(feed).items() if trail.get(k) != v)
+
+
+def plan_trail(aws: AwsClients, settings: Settings, feed_name: str, state: TrailState) -> list[Step]:
+    """Adopt the trail writing to the bucket (keeping its name and key prefix) and converge its settings; create
+    the declared trail only when none writes there."""
+    feed = settings.s3_feeds[feed_name]
+    assert isinstance(feed.source, CloudTrailSource)
+    declared = feed.source.trail_name
+    settings_args: dict[str, Any] = {
+        "S3BucketName": feed.bucket, "IsMultiRegionTrail": True, "IncludeGlobalServiceEvents": True,
+        "EnableLogFileValidation": True, **({"KmsKeyId": feed.kms_key_arn} if feed.kms_key_arn else {})}
+
+    def terraform(name: str) -> dict[str, Any]:
+        return {"name": name, "s3_bucket_name": feed.bucket, "is_multi_region_trail": True,
+                "include_global_service_events": True, "enable_log_file_validation": True, "enable_logging": True,
+                **({"kms_key_id": feed.kms_key_arn} if feed.kms_key_arn else {})}
+
+    if state.trail is None:
+        if state.name_taken_by is not None:
+            elsewhere = state.name_taken_by.get("S3BucketName")
+            return [Step("trail name taken", f"no trail writes to s3://{feed.bucket}, and trail {declared} writes to "
+                         f"s3://{elsewhere}", fix=f"set s3_feeds.{feed_name}.source.trail_name to a name no trail "
+                         "uses and run provision-feeds (socfeeds never redirects a trail that serves another bucket)")]
+        return [Step("create trail", f"{declared}: multi-region, log-file validation, to s3://{feed.bucket}",
+                     lambda: aws.cloudtrail.create_trail(Name=declared, **settings_args), wanted=terraform(declared)),
+                Step("start logging", declared, lambda: aws.cloudtrail.start_logging(Name=declared))]
+    name = str(state.trail["Name"])
+    drift = _trail_drift(feed, state.trail)
+    logging = bool(state.status.get("IsLogging"))
+    home = str(state.trail.get("HomeRegion") or settings.region)
+    if (drift or not logging) and home != settings.region:
+        return [Step("trail in another region", f"{name} (home region {home}) needs "
+                     f"{', '.join(drift + ([] if logging else ['logging started']))}",
+                     fix=f"AWS changes a trail only from its home region: in {home}, run aws cloudtrail update-trail "
+                     f"--name {name} --is-multi-region-trail --include-global-service-events "
+                     f"--enable-log-file-validation, and aws cloudtrail start-logging --name {name}")]
+    steps: list[Step] = []
+    if drift:
+        steps.append(Step("update trail", f"{name} ({_provenance(name, declared)}): {', '.join(drift)}",
+                          lambda: aws.cloudtrail.update_trail(Name=name, **settings_args), wanted=terraform(name)))
+    if not logging:
+        steps.append(Step("start logging", f"{name} ({_provenance(name, declared)})",
+                          lambda: aws.cloudtrail.start_logging(Name=name)))
+    return steps
+
+
 @ensure_source_wiring.register
 def _(source: CloudTrailSource, aws: AwsClients, settings: Settings, feed: S3Feed, changes: ChangesFor) -> None:
-    name = source.trail_name
-    trail = absent_on({"TrailNotFoundException"}, aws.cloudtrail.get_trail, Name=name)
-    wanted = _trail_shape(feed)
-    arguments = {"Name": name, "S3BucketName": feed.bucket, "IsMultiRegionTrail": True,
-                 "IncludeGlobalServiceEvents": True, "EnableLogFileValidation": True,
-                 **({"KmsKeyId": feed.kms_key_arn} if feed.kms_key_arn else {})}
-    if trail is None:
-        changes.make("create trail", f"{name}: multi-region, log-file validation, to s3://{feed.bucket}",
-                     lambda: aws.cloudtrail.create_trail(**arguments))  # type: ignore[arg-type]
-    else:
-        current = trail["Trail"]
-        drift = sorted(k for k, v in wanted.items() if current.get(k) != v)
-        if drift or current.get("S3KeyPrefix"):
-            changes.make("update trail", f"{name}: {', '.join(drift or ['S3KeyPrefix'])}",
-                         lambda: aws.cloudtrail.update_trail(**arguments, S3KeyPrefix=""))  # type: ignore[arg-type]
-    logging = trail is not None and aws.cloudtrail.get_trail_status(Name=name).get("IsLogging")
-    if not logging:
-        changes.make("start logging", name, lambda: aws.cloudtrail.start_logging(Name=name))
+    _apply(plan_trail(aws, settings, changes.feed, read_trail(aws, settings, feed)), changes)
 
 
 @check_source_wiring.register
 def _(source: CloudTrailSource, aws: AwsClients, settings: Settings, feed: S3Feed, check: FindingsFor) -> None:
-    name = source.trail_name
-    answer = absent_on({"TrailNotFoundException"}, aws.cloudtrail.get_trail, Name=name)
-    if not check.expect("trail exists", answer is not None, f"trail {name}", f"trail {name} is missing: {FIX}"):
+    state = read_trail(aws, settings, feed)
+    steps = plan_trail(aws, settings, check.feed, state)
+    if state.trail is None:
+        taken = f"; trail {source.trail_name} writes to s3://{state.name_taken_by.get('S3BucketName')}" \
+            if state.name_taken_by else ""
+        check.add("trail exists", Status.FAIL, f"no trail writes to s3://{feed.bucket}{taken}", _fix(steps))
         return
-    assert answer is not None
-    trail = answer["Trail"]
-    drift = sorted(k for k, v in _trail_shape(feed).items() if trail.get(k) != v)
+    trail, name = state.trail, str(state.trail["Name"])
+    check.add("trail exists", Status.PASS, f"trail {name} ({_provenance(name, source.trail_name)}) writes to "
+              f"s3://{feed.bucket}/{trail_log_prefix(trail, settings.account_id)}")
+    drift = _trail_drift(feed, trail)
     check.expect("trail settings", not drift, f"differs: {', '.join(drift)}" if drift else
-                 "multi-region, global events, log-file validation, to the feed bucket", FIX)
-    status = aws.cloudtrail.get_trail_status(Name=name)
-    check.expect("trail logging", bool(status.get("IsLogging")), "logging" if status.get("IsLogging") else
-                 "logging is stopped: no audit events are delivered", f"aws cloudtrail start-logging --name {name}, "
-                 f"or {FIX}")
-    error = status.get("LatestDeliveryError")
+                 "multi-region, global events, log-file validation, to the feed bucket",
+                 _fix([s for s in steps if s.action != "start logging"]))
+    logging = bool(state.status.get("IsLogging"))
+    check.expect("trail logging", logging, "logging" if logging else "logging is stopped: no audit events are "
+                 "delivered", f"aws cloudtrail start-logging --name {name}, or {FIX}")
+    error = state.status.get("LatestDeliveryError")
     check.expect("trail delivery", not error, f"latest delivery error: {error}" if error else "no delivery error",
                  "check the bucket policy's SocfeedsCloudTrailWrite statement and the bucket's KMS key policy")
+    if state.others:
+        check.add("duplicate trails", Status.WARN, f"{[t['Name'] for t in state.others]} also write to "
+                  f"s3://{feed.bucket}: XSIAM ingests every event more than once",
+                  f"keep {name}; delete the others (aws cloudtrail delete-trail --name <name>) if nothing else "
+                  "needs them")
 
 
 # --- VPC flow logs ---------------------------------------------------------------------------
 
-def _flow_logs_to_bucket(aws: AwsClients, vpc_id: str, bucket_arn: str) -> list[dict[str, Any]]:
-    answer = aws.ec2.describe_flow_logs(Filters=[{"Name": "resource-id", "Values": [vpc_id]}])
-    return [dict(f) for f in answer.get("FlowLogs", [])
-            if f.get("LogDestinationType") == "s3" and str(f.get("LogDestination", "")).rstrip("/") == bucket_arn]
+_DEFAULT_FLOW_LOG_FORMAT = ("${version} ${account-id} ${interface-id} ${srcaddr} ${dstaddr} ${srcport} ${dstport} "
+                            "${protocol} ${packets} ${bytes} ${start} ${end} ${action} ${log-status}")
 
 
-def _flow_log_fits(flow_log: dict[str, Any]) -> bool:
-    return flow_log.get("LogFormat") == FLOW_LOG_FORMAT and flow_log.get("TrafficType") == "ALL"
+def _in_bucket(destination: str, bucket_arn: str) -> bool:
+    return destination.rstrip("/") == bucket_arn or destination.startswith(bucket_arn + "/")
+
+
+def flow_logs_to_bucket(aws: AwsClients, vpc_id: str, bucket_arn: str) -> list[dict[str, Any]]:
+    """Every flow log of the VPC writing into the bucket (with or without a key prefix), in any format."""
+    pages = aws.ec2.get_paginator("describe_flow_logs").paginate(
+        Filters=[{"Name": "resource-id", "Values": [vpc_id]}])
+    return [dict(f) for page in pages for f in page.get("FlowLogs", [])
+            if f.get("LogDestinationType") == "s3" and _in_bucket(str(f.get("LogDestination", "")), bucket_arn)]
+
+
+def flow_log_fits(flow_log: Mapping[str, Any]) -> bool:
+    """XSIAM parses only the 26-field plain-text format, and needs every flow (accepted and rejected)."""
+    file_format = (flow_log.get("DestinationOptions") or {}).get("FileFormat", "plain-text")
+    return (flow_log.get("LogFormat") == FLOW_LOG_FORMAT and flow_log.get("TrafficType") == "ALL"
+            and file_format == "plain-text")
+
+
+def flow_log_prefix(flow_log: Mapping[str, Any], account_id: str) -> str:
+    """Where a flow log's objects land: `<key prefix>/AWSLogs/<account>/`, or `AWSLogs/<account>/` (AWS's layout)."""
+    _, _, prefix = str(flow_log.get("LogDestination", "")).partition(":::")[2].partition("/")
+    prefix = prefix.strip("/")
+    return f"{prefix}/AWSLogs/{account_id}/" if prefix else f"AWSLogs/{account_id}/"
+
+
+def _format_of(flow_log: Mapping[str, Any]) -> str:
+    log_format = str(flow_log.get("LogFormat", ""))
+    shapes = {FLOW_LOG_FORMAT: "XSIAM format (26 fields)", _DEFAULT_FLOW_LOG_FORMAT: "AWS default format (14 fields)"}
+    shape = shapes.get(log_format, f"format {log_format!r} ({len(log_format.split())} fields)")
+    options = flow_log.get("DestinationOptions") or {}
+    return f"{shape}, traffic {flow_log.get('TrafficType')}, {options.get('FileFormat', 'plain-text')}"
+
+
+class FlowLogConflict(RuntimeError):
+    """AWS refused a flow log because another one already writes there (FlowLogAlreadyExists), said plainly."""
+
+
+def plan_flow_log(aws: AwsClients, source: FlowLogSource, feed_name: str, bucket_arn: str,
+                  existing: list[dict[str, Any]]) -> list[Step]:
+    """Adopt a flow log in the XSIAM format; AWS cannot edit a format, so another one is replaced only when
+    settings allow it, and the new flow log is created before the old ones are deleted (no gap in records)."""
+    assert source.vpc_id is not None  # settings fill it in
+    vpc_id = source.vpc_id
+    fitting = [f for f in existing if flow_log_fits(f)]
+    other = [f for f in existing if not flow_log_fits(f)]
+    other_ids = [str(f["FlowLogId"]) for f in other]
+    if fitting and not (other and source.replace_mismatched):
+        return []
+    wanted = "the 26-field XSIAM format, traffic ALL, plain text"
+    if not fitting and other and not source.replace_mismatched:
+        found = "; ".join(f"{f['FlowLogId']}: {_format_of(f)}" for f in other)
+        return [Step("flow log format differs", f"{found}; wanted {wanted}. AWS cannot change a flow log's format",
+                     fix=f"set s3_feeds.{feed_name}.source.replace_mismatched = true and run provision-feeds (creates "
+                     f"the XSIAM-format flow log, then deletes {', '.join(other_ids)})")]
+    steps: list[Step] = []
+    if not fitting:
+        destinations = {str(f["LogDestination"]) for f in other}
+        destination = destinations.pop() if len(destinations) == 1 else bucket_arn  # keeps the platform's prefix
+        steps.append(Step("create flow log", f"{vpc_id} -> {destination} in the XSIAM format",
+                          lambda: _create_flow_log(aws, source, feed_name, destination, other),
+                          wanted={"vpc_id": vpc_id, "traffic_type": "ALL", "log_destination_type": "s3",
+                                  "log_destination": destination, "log_format": FLOW_LOG_FORMAT,
+                                  "max_aggregation_interval": source.aggregation_seconds}))
+    if other:
+        steps.append(Step("delete flow log", f"{', '.join(other_ids)} in the old format (replace_mismatched = true)",
+                          lambda: _delete_flow_logs(aws, other_ids)))
+    return steps
+
+
+def _create_flow_log(aws: AwsClients, source: FlowLogSource, feed_name: str, destination: str,
+                     replacing: list[dict[str, Any]]) -> None:
+    assert source.vpc_id is not None
+    try:
+        answer = aws.ec2.create_flow_logs(
+            ResourceIds=[source.vpc_id], ResourceType="VPC", TrafficType="ALL", LogDestinationType="s3",
+            LogDestination=destination, LogFormat=FLOW_LOG_FORMAT, MaxAggregationInterval=source.aggregation_seconds,
+            DestinationOptions={"FileFormat": "plain-text", "HiveCompatiblePartitions": False,
+                                "PerHourPartition": False},
+            TagSpecifications=[{"ResourceType": "vpc-flow-log", "Tags": [{"Key": SOCFEEDS_TAG, "Value": feed_name}]}],
+        )
+    except ClientError as error:
+        if error_code(error) != "FlowLogAlreadyExists":
+            raise
+        raise _conflict(aws, source.vpc_id, destination, feed_name, replacing) from error
+    failed = answer.get("Unsuccessful", [])
+    if failed:
+        errors = "; ".join(str(f.get("Error", {}).get("Message")) for f in failed)
+        raise RuntimeError(f"flow log for {source.vpc_id} -> {destination} was refused: {errors}. Nothing was deleted. "
+                           "Fix: check that the bucket exists and its policy's SocfeedsLogDeliveryWrite statement, "
+                           "then run provision-feeds for this feed")
+
+
+def _conflict(aws: AwsClients, vpc_id: str, destination: str, feed_name: str,
+              replacing: list[dict[str, Any]]) -> FlowLogConflict:
+    ids = [str(f["FlowLogId"]) for f in replacing] or [
+        str(f["FlowLogId"]) for f in aws.ec2.describe_flow_logs(
+            Filters=[{"Name": "resource-id", "Values": [vpc_id]}]).get("FlowLogs", [])
+        if str(f.get("LogDestination", "")) == destination]
+    named = ", ".join(ids) or "a flow log describe-flow-logs does not list for this VPC"
+    if replacing:
+        return FlowLogConflict(
+            f"AWS refused a second flow log of {vpc_id} to {destination} while {named} writes there in another "
+            f"format (FlowLogAlreadyExists). Nothing was deleted: {named} still delivers. Fix: delete it (aws ec2 "
+            f"delete-flow-logs --flow-log-ids {' '.join(ids)}) and run provision-feeds for feed {feed_name} at once "
+            "(it creates the XSIAM-format flow log; flow records between the two are lost)")
+    return FlowLogConflict(
+        f"AWS says {vpc_id} already has a flow log to {destination} ({named}; FlowLogAlreadyExists) that provision "
+        f"did not find. Fix: aws ec2 describe-flow-logs --filter Name=resource-id,Values={vpc_id}; if it is being "
+        "deleted, run provision-feeds again in a minute")
+
+
+def _delete_flow_logs(aws: AwsClients, flow_log_ids: list[str]) -> None:
+    failed = aws.ec2.delete_flow_logs(FlowLogIds=flow_log_ids).get("Unsuccessful", [])
+    if failed:
+        errors = "; ".join(f"{f.get('ResourceId')}: {f.get('Error', {}).get('Message')}" for f in failed)
+        raise RuntimeError(f"the XSIAM-format flow log was created, but deleting the old ones failed ({errors}); "
+                           "both write to the bucket. Fix: run provision-feeds for this feed again, or aws ec2 "
+                           f"delete-flow-logs --flow-log-ids {' '.join(flow_log_ids)}")
+
+
+def _made_by(flow_log: Mapping[str, Any]) -> str:
+    tags = {t.get("Key"): t.get("Value") for t in flow_log.get("Tags", [])}
+    return "created by socfeeds" if SOCFEEDS_TAG in tags else "adopted, not created by socfeeds"
 
 
 @ensure_source_wiring.register
 def _(source: FlowLogSource, aws: AwsClients, settings: Settings, feed: S3Feed, changes: ChangesFor) -> None:
-    assert source.vpc_id is not None  # settings fill it in
-    vpc_id = source.vpc_id
+    assert source.vpc_id is not None
     bucket_arn = Arns(settings.region, settings.account_id).bucket(feed.bucket)
-    existing = _flow_logs_to_bucket(aws, vpc_id, bucket_arn)
-    if any(_flow_log_fits(f) for f in existing):
-        return
-    stale = [f["FlowLogId"] for f in existing]
-    note = f"; flow logs {stale} keep the old format until removed by hand" if stale else ""
-
-    def create() -> None:
-        answer = aws.ec2.create_flow_logs(
-            ResourceIds=[vpc_id], ResourceType="VPC", TrafficType="ALL", LogDestinationType="s3",
-            LogDestination=bucket_arn, LogFormat=FLOW_LOG_FORMAT, MaxAggregationInterval=source.aggregation_seconds,
-            DestinationOptions={"FileFormat": "plain-text", "HiveCompatiblePartitions": False,
-                                "PerHourPartition": False},
-        )
-        failed = answer.get("Unsuccessful", [])
-        if failed:
-            errors = "; ".join(str(f.get("Error", {}).get("Message")) for f in failed)
-            raise RuntimeError(f"flow log for {vpc_id} -> {bucket_arn} was refused: {errors}")
-
-    changes.make("create flow log", f"{vpc_id}, traffic ALL, 26-field XSIAM format{note}", create)
+    existing = flow_logs_to_bucket(aws, source.vpc_id, bucket_arn)
+    _apply(plan_flow_log(aws, source, changes.feed, bucket_arn, existing), changes)
 
 
 @check_source_wiring.register
 def _(source: FlowLogSource, aws: AwsClients, settings: Settings, feed: S3Feed, check: FindingsFor) -> None:
     assert source.vpc_id is not None
     bucket_arn = Arns(settings.region, settings.account_id).bucket(feed.bucket)
-    fitting = [f for f in _flow_logs_to_bucket(aws, source.vpc_id, bucket_arn) if _flow_log_fits(f)]
-    if not check.expect("flow log", bool(fitting), f"{len(fitting)} flow logs of {source.vpc_id} in the XSIAM "
-                        "format with traffic ALL", f"no usable flow log to s3://{feed.bucket}: {FIX}"):
+    existing = flow_logs_to_bucket(aws, source.vpc_id, bucket_arn)
+    steps = plan_flow_log(aws, source, check.feed, bucket_arn, existing)
+    fitting = [f for f in existing if flow_log_fits(f)]
+    other = [f for f in existing if not flow_log_fits(f)]
+    found = "; ".join(f"{f['FlowLogId']} ({_made_by(f)}): {_format_of(f)}" for f in existing)
+    if not check.expect("flow log", not steps, f"{found} -> s3://{feed.bucket}" if existing else
+                        f"no flow log of {source.vpc_id} writes to s3://{feed.bucket}", _fix(steps)):
         return
+    if other:
+        check.add("other flow log formats", Status.WARN, f"{[f['FlowLogId'] for f in other]} also write to "
+                  f"s3://{feed.bucket} in another format: XSIAM cannot parse those records",
+                  f"set s3_feeds.{check.feed}.source.replace_mismatched = true and run provision-feeds (deletes them)")
+    if len(fitting) > 1:
+        check.add("duplicate flow logs", Status.WARN, f"{[f['FlowLogId'] for f in fitting]} all write to "
+                  f"s3://{feed.bucket}: XSIAM ingests every record {len(fitting)} times",
+                  "keep one; aws ec2 delete-flow-logs --flow-log-ids <the others>")
     active = [f["FlowLogId"] for f in fitting if f.get("FlowLogStatus") == "ACTIVE"
               and f.get("DeliverLogsStatus", "SUCCESS") == "SUCCESS"]
     check.expect("flow log active", bool(active), f"active: {active}" if active else
@@ -169,47 +427,85 @@ def _(source: FlowLogSource, aws: AwsClients, settings: Settings, feed: S3Feed, 
 
 
 # --- Route 53 Resolver query logs ------------------------------------------------------------
+# Quotas (Route 53 Developer Guide, "Quotas on Route 53 VPC Resolver query logs"): 20 query log configurations and
+# 100 VPC associations per Region. Nothing limits a VPC to one configuration, so a second configuration to the same
+# bucket would log every query twice and spend both quotas: discovery is by destination, never by name.
 
-def _query_log_config(aws: AwsClients, name: str) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class QueryLogState:
+    """Every query log config in the Region, the ones writing to the bucket, and the VPC's associations."""
+
+    configs: list[dict[str, Any]]
+    delivering: list[dict[str, Any]]
+    associations: list[dict[str, Any]]
+
+    def associated(self) -> list[dict[str, Any]]:
+        """Associations of the VPC with a config writing to the bucket (any of them does the job)."""
+        ids = {c.get("Id") for c in self.delivering}
+        return [a for a in self.associations if a.get("ResolverQueryLogConfigId") in ids]
+
+
+def read_query_logging(aws: AwsClients, vpc_id: str, bucket_arn: str) -> QueryLogState:
     pages = aws.resolver.get_paginator("list_resolver_query_log_configs").paginate()
-    configs = [dict(c) for page in pages for c in page.get("ResolverQueryLogConfigs", []) if c.get("Name") == name]
-    return configs[0] if configs else None
+    configs = [dict(c) for page in pages for c in page.get("ResolverQueryLogConfigs", [])]
+    pages_of_associations = aws.resolver.get_paginator("list_resolver_query_log_config_associations").paginate()
+    associations = [dict(a) for page in pages_of_associations
+                    for a in page.get("ResolverQueryLogConfigAssociations", []) if a.get("ResourceId") == vpc_id]
+    delivering = [c for c in configs if c.get("DestinationArn") == bucket_arn]
+    return QueryLogState(configs, delivering, associations)
 
 
-def _association(aws: AwsClients, config_id: str, vpc_id: str) -> dict[str, Any] | None:
-    pages = aws.resolver.get_paginator("list_resolver_query_log_config_associations").paginate()
-    found = [dict(a) for page in pages for a in page.get("ResolverQueryLogConfigAssociations", [])
-             if a.get("ResolverQueryLogConfigId") == config_id and a.get("ResourceId") == vpc_id]
-    return found[0] if found else None
+def query_log_config_name(source: ResolverQueryLogSource, feed_name: str, configs: list[dict[str, Any]]) -> str | None:
+    """The declared name, or `<name>-<feed>` when a config writing elsewhere holds it (names are labels: the
+    destination is what is found next time); None when both are taken."""
+    taken = {c.get("Name") for c in configs}
+    suffix = f"-{feed_name}"
+    for name in (source.config_name, source.config_name[:64 - len(suffix)] + suffix):
+        if name not in taken:
+            return name
+    return None
+
+
+def plan_query_logging(aws: AwsClients, source: ResolverQueryLogSource, feed_name: str, bucket: str,
+                       bucket_arn: str, state: QueryLogState) -> list[Step]:
+    assert source.vpc_id is not None
+    vpc_id = source.vpc_id
+    if state.associated():
+        return []
+    if state.delivering:
+        config = sorted(state.delivering, key=lambda c: (c.get("Name") != source.config_name, str(c.get("Name"))))[0]
+        name = str(config.get("Name"))
+        return [Step("associate query logging", f"{name} ({config['Id']}, {_provenance(name, source.config_name)}) "
+                     f"with {vpc_id}", lambda: aws.resolver.associate_resolver_query_log_config(
+                         ResolverQueryLogConfigId=str(config["Id"]), ResourceId=vpc_id))]
+    holder = next((c for c in state.configs if c.get("Name") == source.config_name), None)
+    clash = (f" (the declared name {source.config_name!r} is taken by {holder.get('Id')}, which writes to "
+             f"{holder.get('DestinationArn')})") if holder else ""
+    new_name = query_log_config_name(source, feed_name, state.configs)
+    if new_name is None:
+        return [Step("query log config name taken", f"no query log config writes to s3://{bucket}{clash}, and "
+                     f"{source.config_name}-{feed_name} is taken too", fix=f"set s3_feeds.{feed_name}.source."
+                     "config_name to a name no query log config uses, then run provision-feeds")]
+    created: dict[str, Any] = {}
+
+    def create() -> None:
+        created.update(aws.resolver.create_resolver_query_log_config(
+            Name=new_name, DestinationArn=bucket_arn,
+            CreatorRequestId=f"socfeeds-{feed_name}-{new_name}")["ResolverQueryLogConfig"])
+
+    return [Step("create query log config", f"{new_name} -> s3://{bucket}{clash}", create),
+            Step("associate query logging", f"{new_name} with {vpc_id}",
+                 lambda: aws.resolver.associate_resolver_query_log_config(
+                     ResolverQueryLogConfigId=str(created["Id"]), ResourceId=vpc_id))]
 
 
 @ensure_source_wiring.register
 def _(source: ResolverQueryLogSource, aws: AwsClients, settings: Settings, feed: S3Feed,
       changes: ChangesFor) -> None:
     assert source.vpc_id is not None
-    vpc_id = source.vpc_id
     bucket_arn = Arns(settings.region, settings.account_id).bucket(feed.bucket)
-    config = _query_log_config(aws, source.config_name)
-    if config is not None and config.get("DestinationArn") != bucket_arn:
-        raise RuntimeError(
-            f"resolver query log config {source.config_name!r} writes to {config.get('DestinationArn')}, not "
-            f"{bucket_arn}; a config's destination cannot change. Fix: set s3_feeds.{changes.feed}.source."
-            "config_name to a new name (or delete the old config), then rerun provision-feeds")
-    if config is None:
-        created: dict[str, Any] = {}
-
-        def create() -> None:
-            created.update(aws.resolver.create_resolver_query_log_config(
-                Name=source.config_name, DestinationArn=bucket_arn,
-                CreatorRequestId=f"socfeeds-{changes.feed}-{source.config_name}")["ResolverQueryLogConfig"])
-
-        changes.make("create query log config", f"{source.config_name} -> s3://{feed.bucket}", create)
-        config = created
-    config_id = config.get("Id")
-    if config_id is None or _association(aws, config_id, vpc_id) is None:
-        changes.make("associate query logging", f"{source.config_name} with {vpc_id}",
-                     lambda: aws.resolver.associate_resolver_query_log_config(
-                         ResolverQueryLogConfigId=str(config_id), ResourceId=vpc_id))
+    state = read_query_logging(aws, source.vpc_id, bucket_arn)
+    _apply(plan_query_logging(aws, source, changes.feed, feed.bucket, bucket_arn, state), changes)
 
 
 @check_source_wiring.register
@@ -217,15 +513,35 @@ def _(source: ResolverQueryLogSource, aws: AwsClients, settings: Settings, feed:
       check: FindingsFor) -> None:
     assert source.vpc_id is not None
     bucket_arn = Arns(settings.region, settings.account_id).bucket(feed.bucket)
-    config = _query_log_config(aws, source.config_name)
-    if not check.expect("query log config", config is not None and config.get("DestinationArn") == bucket_arn,
-                        f"{source.config_name} -> {config.get('DestinationArn') if config else 'missing'}", FIX):
+    state = read_query_logging(aws, source.vpc_id, bucket_arn)
+    steps = plan_query_logging(aws, source, check.feed, feed.bucket, bucket_arn, state)
+    names = [f"{c.get('Name')} ({c.get('Id')}, {_provenance(str(c.get('Name')), source.config_name)})"
+             for c in state.delivering]
+    if not check.expect("query log config", bool(state.delivering), f"{', '.join(names)} -> s3://{feed.bucket}"
+                        if names else f"no query log config writes to s3://{feed.bucket}", _fix(steps)):
         return
-    assert config is not None
-    association = _association(aws, str(config["Id"]), source.vpc_id)
-    status = association.get("Status") if association else "not associated"
-    check.expect("query logging on vpc", status == "ACTIVE", f"{source.vpc_id}: {status}",
-                 f"associate {source.config_name} with {source.vpc_id}: {FIX}")
+    associated = state.associated()
+    if not associated:
+        check.add("query logging on vpc", Status.FAIL, f"{source.vpc_id}: not associated with a config writing to "
+                  f"s3://{feed.bucket}", _fix(steps))
+        return
+    status = {str(a.get("Status")) for a in associated}
+    where = ", ".join(f"{a.get('ResolverQueryLogConfigId')}: {a.get('Status')} {a.get('Error', '')} "
+                      f"{a.get('ErrorMessage', '')}".strip() for a in associated)
+    if "ACTIVE" in status:
+        check.add("query logging on vpc", Status.PASS, f"{source.vpc_id}: {where}")
+    elif status <= {"CREATING"}:
+        check.add("query logging on vpc", Status.WARN, f"{source.vpc_id}: {where}",
+                  "AWS is still creating the association: run verify-feeds again in a few minutes")
+    else:
+        check.add("query logging on vpc", Status.FAIL, f"{source.vpc_id}: {where}",
+                  "check the bucket policy's SocfeedsLogDeliveryWrite statement (and its KMS key policy), then "
+                  "disassociate and associate the config with the VPC again")
+    if len(associated) > 1:
+        check.add("duplicate query logging", Status.WARN, f"{source.vpc_id} is associated with "
+                  f"{[a.get('ResolverQueryLogConfigId') for a in associated]}, all writing to s3://{feed.bucket}: "
+                  "XSIAM ingests every query more than once",
+                  "keep one; aws route53resolver disassociate-resolver-query-log-config for the others")
 
 
 # --- Fluent Bit ------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import json
@@ -15,7 +16,7 @@ from flowlogs_reader import S3FlowLogsReader
 
 from deployments.xsiam.collector import split_records
 from socfeeds import formats
-from socfeeds.settings import LogType
+from socfeeds.settings import LogType, RdsLogsSource
 
 AT = datetime(2025, 11, 24, 10, 30, 15, 123456, tzinfo=UTC)
 ORIGIN = formats.Origin("123456789012", "eu-west-2", vpc_id="vpc-0123456789abcdef0")
@@ -23,7 +24,8 @@ MARKER = "socfeeds-canary-run1-feed-1764000000000"
 
 
 def text_of(obj: formats.LogObject) -> str:
-    return (gzip.decompress(obj.body) if obj.content_encoding == "gzip" else obj.body).decode()
+    """As a reader sees it: gunzipped when gzip (Firehose's objects are gzip without saying so), as XSIAM does."""
+    return (gzip.decompress(obj.body) if obj.body[:2] == b"\x1f\x8b" else obj.body).decode()
 
 
 class OneObjectBucket:
@@ -178,7 +180,129 @@ def test_eks_audit_stream_prefix() -> None:
 
 # --- every S3 format through the stand-in ---------------------------------------------------------
 
-@pytest.mark.parametrize("log_type", ["Audit Logs", "Flow Logs", "Route 53", "Generic"])
+@pytest.mark.parametrize("log_type", ["Audit Logs", "Flow Logs", "Route 53", "Generic", "CloudFront", "RDS"])
 def test_each_synthetic_object_splits_into_one_marked_record(log_type: LogType) -> None:
     [raw] = split_records(log_type, text_of(formats.synthetic_object(log_type, ORIGIN, MARKER, AT)))
     assert MARKER in raw
+
+
+# --- CloudFront access logs ---------------------------------------------------------------------
+
+# AWS's CloudFront Developer Guide, "Standard logging (access logs)", log file format: the directives of every file.
+DOCUMENTED_CLOUDFRONT_HEADER = (
+    "#Version: 1.0\n"
+    "#Fields: date time x-edge-location sc-bytes c-ip cs-method cs(Host) cs-uri-stem sc-status cs(Referer) "
+    "cs(User-Agent) cs-uri-query cs(Cookie) x-edge-result-type x-edge-request-id x-host-header cs-protocol cs-bytes "
+    "time-taken x-forwarded-for ssl-protocol ssl-cipher x-edge-response-result-type cs-protocol-version fle-status "
+    "fle-encrypted-fields c-port time-to-first-byte x-edge-detailed-result-type sc-content-type sc-content-len "
+    "sc-range-start sc-range-end\n"
+)
+
+
+def test_cloudfront_file_has_the_documented_directives_and_fields() -> None:
+    text = text_of(formats.cloudfront_access_log(ORIGIN, MARKER, AT))
+    assert text.startswith(DOCUMENTED_CLOUDFRONT_HEADER)
+    [line] = text.removeprefix(DOCUMENTED_CLOUDFRONT_HEADER).splitlines()
+    values = dict(zip(DOCUMENTED_CLOUDFRONT_HEADER.split("#Fields: ")[1].split(), line.split("\t"), strict=True))
+    assert (values["date"], values["time"]) == ("2025-11-24", "10:30:15")  # UTC, whole seconds
+    assert re.fullmatch(r"[A-Z]{3}\d+-[A-Z0-9]+", values["x-edge-location"])
+    assert re.fullmatch(r"d[0-9a-z]{13}\.cloudfront\.net", values["cs(Host)"]) and values["x-host-header"] == values[
+        "cs(Host)"]
+    assert values["cs(User-Agent)"] == f"socfeeds-canary/{MARKER}"  # the marker, kept raw
+    assert re.fullmatch(r"[A-Za-z0-9_=-]{56}", values["x-edge-request-id"])
+    assert values["sc-status"] == "200" and values["cs-method"] == "GET" and values["cs-protocol"] == "https"
+    assert all(values[f].isdigit() for f in ("sc-bytes", "cs-bytes", "c-port", "sc-content-len"))
+    assert all(re.fullmatch(r"\d+\.\d{3}", values[f]) for f in ("time-taken", "time-to-first-byte"))
+    assert values["x-edge-result-type"] in {"Hit", "RefreshHit", "Miss", "LimitExceeded", "CapacityExceeded", "Error",
+                                            "Redirect"}
+    assert all(v and " " not in v for v in values.values())  # `-` for no value; nothing a tab split would break
+
+
+def test_cloudfront_key_is_the_v2_default_layout() -> None:
+    key = formats.cloudfront_access_log(ORIGIN, MARKER, AT).key
+    assert re.fullmatch(r"AWSLogs/123456789012/CloudFront/E[A-Z0-9]{13}\.2025-11-24-10\.[0-9a-f]{8}\.gz", key), key
+    later = formats.cloudfront_access_log(ORIGIN, MARKER, AT + timedelta(hours=1)).key
+    assert later.split("/")[-1].split(".")[:2] == [key.split("/")[-1].split(".")[0], "2025-11-24-11"]  # one id
+
+
+def test_cloudfront_record_reads_with_aws_log_parser() -> None:
+    parser_module = pytest.importorskip("aws_log_parser", reason="aws-log-parser (the independent parser) is not "
+                                       "installed; pyproject's dev dependencies should list aws-log-parser==3.0.2")
+    parser = parser_module.AwsLogParser(log_type=parser_module.LogType.CloudFront)
+    [entry] = list(parser.parse_csv(text_of(formats.cloudfront_access_log(ORIGIN, MARKER, AT)).splitlines()))
+    assert entry.timestamp == AT.replace(microsecond=0)
+    assert (entry.client_ip, entry.http_method, entry.uri_stem, entry.status_code) == (
+        "192.0.2.10", "GET", "/socfeeds-canary", 200)
+    assert entry.user_agent == f"socfeeds-canary/{MARKER}" and entry.referrer is None and entry.cookie is None
+    assert (entry.protocol, entry.protocol_version, entry.ssl_protocol) == ("https", "HTTP/2.0", "TLSv1.3")
+    assert entry.sent_bytes == 412 and entry.received_bytes == 131 and entry.time_taken == 0.012
+
+
+def test_cloudfront_records_are_named_by_the_files_own_fields_line() -> None:
+    """A v2 delivery may choose its fields: the stand-in reads each file by its own #Fields directive."""
+    [record] = split_records("CloudFront", text_of(formats.cloudfront_access_log(ORIGIN, MARKER, AT)))
+    assert tuple(json.loads(record)) == formats.CLOUDFRONT_FIELDS
+    chosen = "#Version: 1.0\n#Fields: date time c-ip cs(User-Agent)\n2025-11-24\t10:30:15\t192.0.2.10\tcurl/8\n"
+    assert [json.loads(r) for r in split_records("CloudFront", chosen)] == [
+        {"date": "2025-11-24", "time": "10:30:15", "c-ip": "192.0.2.10", "cs(User-Agent)": "curl/8"}]
+    with pytest.raises(ValueError, match="before the #Fields"):
+        formats.w3c_records("2025-11-24\t10:30:15\n")
+
+
+# --- RDS through Firehose ---------------------------------------------------------------------
+
+def payload(group: str, stream: str, *messages: str, kind: str = "DATA_MESSAGE") -> bytes:
+    """One record as CloudWatch Logs hands it to Firehose: gzip of the subscription payload."""
+    return gzip.compress(json.dumps({
+        "messageType": kind, "owner": "123456789012", "logGroup": group, "logStream": stream,
+        "subscriptionFilters": [f"{stream}-firehose"],
+        "logEvents": [{"id": str(n).zfill(56), "timestamp": 1764000000000 + n, "message": m}
+                      for n, m in enumerate(messages)]}, separators=(",", ":")).encode())
+
+
+def test_rds_object_is_firehoses_layout_of_a_cloudwatch_payload() -> None:
+    obj = formats.rds_firehose_object(ORIGIN, MARKER, AT)
+    assert re.fullmatch(r"logs/2025/11/24/10/socfeeds-canary-1-2025-11-24-10-30-15-[0-9a-f-]{36}", obj.key), obj.key
+    assert obj.content_encoding is None  # Firehose adds no Content-Encoding: the gzip is CloudWatch Logs' own
+    document = json.loads(gzip.decompress(obj.body))
+    assert document["messageType"] == "DATA_MESSAGE" and document["owner"] == "123456789012"
+    [event] = document["logEvents"]
+    assert re.fullmatch(r"\d{56}", event["id"]) and event["timestamp"] == int(AT.timestamp() * 1000)
+
+
+def test_rds_record_keeps_its_log_group_and_instance() -> None:
+    [raw] = split_records("RDS", text_of(formats.rds_firehose_object(ORIGIN, MARKER, AT)))
+    record = json.loads(raw)
+    assert record["logGroup"] == "/aws/rds/instance/socfeeds-canary/postgresql"
+    assert RdsLogsSource.instance_and_type(record["logGroup"]) == ("socfeeds-canary", "postgresql")
+    assert record["logStream"] == "socfeeds-canary" and record["owner"] == "123456789012"
+    assert MARKER in record["message"]
+
+
+def test_rds_reader_splits_concatenated_payloads_and_skips_control_messages() -> None:
+    """Firehose without a processor concatenates the gzip records it receives: one object, several members."""
+    body = b"".join([payload("/aws/rds/instance/db-a/postgresql", "db-a", "one", "two"),
+                     payload("/aws/rds/instance/db-a/postgresql", "db-a", "CWL CONTROL MESSAGE: Checking health of "
+                             "destination Firehose.", kind="CONTROL_MESSAGE"),  # as CloudWatch Logs sends on setup
+                     payload("/aws/rds/instance/db-b/audit", "db-b", "three")])
+    records = [json.loads(r) for r in split_records("RDS", gzip.decompress(body).decode())]
+    assert [(r["logGroup"], r["logStream"], r["message"]) for r in records] == [
+        ("/aws/rds/instance/db-a/postgresql", "db-a", "one"), ("/aws/rds/instance/db-a/postgresql", "db-a", "two"),
+        ("/aws/rds/instance/db-b/audit", "db-b", "three")]
+
+
+def test_postgresql_line_has_rds_default_prefix() -> None:
+    line = formats.rds_log_line("postgresql", MARKER, AT)
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) UTC:([\d.]+)\((\d+)\):(\w+)@(\w+):\[(\d+)\]:"
+                         r"LOG:  statement: (.*)", line)  # log_line_prefix %t:%r:%u@%d:[%p]:
+    assert match, line
+    assert match[1] == "2025-11-24 10:30:15" and match[7] == f"SELECT 'socfeeds-canary {MARKER}'"
+
+
+def test_mysql_audit_line_has_the_audit_plugins_ten_fields() -> None:
+    line = formats.rds_log_line("audit", MARKER, AT)
+    [fields] = list(csv.reader([line], quotechar="'", escapechar="\\"))
+    assert len(fields) == 10 and fields[0] == "20251124 10:30:15" and fields[6] == "QUERY" and fields[9] == "0"
+    assert fields[8] == f"SELECT 'socfeeds-canary {MARKER}'"
+    with pytest.raises(ValueError, match="no synthetic line for RDS log type 'error'"):
+        formats.rds_log_line("error", MARKER, AT)

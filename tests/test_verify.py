@@ -150,6 +150,11 @@ def allow_object_acls(stack: Stack, feed: str) -> None:
         "Rules": [{"ObjectOwnership": "ObjectWriter"}]})
 
 
+def use_aws_managed_sqs_key(stack: Stack, feed: str) -> None:
+    stack.client("sqs").set_queue_attributes(QueueUrl=_queue(stack, feed), Attributes={
+        "KmsMasterKeyId": "alias/aws/sqs", "SqsManagedSseEnabled": "false"})
+
+
 def open_dlq_to_every_queue(stack: Stack, feed: str) -> None:
     dlq = queue_url(stack.aws, stack.settings.s3_feeds[feed].dlq_name)
     assert dlq is not None
@@ -178,6 +183,7 @@ FAULTS: list[tuple[str, Fault, str, str]] = [
     ("application-logs", drop_incomplete_upload_rule, "s3://", "incomplete uploads"),
     ("vpc-flow-logs", allow_object_acls, "s3://", "object ownership"),
     ("route53-resolver", open_dlq_to_every_queue, "sqs:", "dead-letter source"),
+    ("application-logs", use_aws_managed_sqs_key, "sqs:", "encryption key"),
 ]
 
 

@@ -14,6 +14,7 @@ from moto.server import ThreadedMotoServer
 
 from deployments.local import (
     auth_fidelity,
+    ec2_fidelity,
     firehose_fidelity,
     kms_fidelity,
     secrets_fidelity,
@@ -32,6 +33,7 @@ def main() -> None:
     sqs_speed.apply()
     secrets_fidelity.apply()
     state_fidelity.apply()
+    ec2_fidelity.apply()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()
     stop = threading.Event()

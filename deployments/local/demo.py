@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -51,14 +52,22 @@ def main() -> int:
     parser.add_argument("--state-dir", type=Path, default=STATE_DIR)
     parser.add_argument("--keep", action="store_true", help="leave the stack running (Ctrl-C stops it)")
     parser.add_argument("--kms", action="store_true", help="the KMS profile: every feed on one customer-managed key")
+    parser.add_argument("--brownfield", action="store_true",
+                        help="first build an estate as another team's Terraform would, then adopt it")
     args = parser.parse_args()
-    with LocalStack(args.state_dir, kms=args.kms) as stack:
+    with LocalStack(args.state_dir, kms=args.kms, brownfield=args.brownfield) as stack:
         assert stack.prefect is not None
         env = stack.env()
         stack.apply_env()
         print(f"local stack up: AWS {stack.aws.endpoint_url}, Prefect {stack.prefect.api_url}", flush=True)
+        started = time.monotonic()
         print(stack.prefect.deploy(env), flush=True)
         worker = stack.prefect.start_worker(env, stack.state_dir / "logs")
+        stack.phases.append(("work pool, deployments and alerts, worker", stack.phases[-1][1] +
+                             time.monotonic() - started))
+        print("start-up, seconds since the start (the venv install before it is not counted):\n" + "\n".join(
+            f"  {seconds:6.1f}  {phase}" for phase, seconds in stack.phases) +
+            f"\nAWS CLI against the stack: source {stack.state_dir / 'aws.env'}", flush=True)
         try:
             status = run_main_job(stack, env)
             if args.keep:

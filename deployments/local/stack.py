@@ -11,6 +11,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -131,8 +132,13 @@ class LocalAws:
         return f"{self.endpoint_url}/{ACCOUNT_ID}/{name}"
 
     def put_token_secret(self, name: str, token: str) -> None:
-        """What an operator does with the token XSIAM issues for the HTTP collector."""
-        self.client("secretsmanager").create_secret(Name=name, SecretString=json.dumps({"api_key": token}))
+        """What an operator does with the token XSIAM issues for the HTTP collector (a new version if it exists)."""
+        secrets = self.client("secretsmanager")
+        value = json.dumps({"api_key": token})
+        try:
+            secrets.create_secret(Name=name, SecretString=value)
+        except secrets.exceptions.ResourceExistsException:
+            secrets.put_secret_value(SecretId=name, SecretString=value)
 
 
 class LocalPrefect:
@@ -301,6 +307,16 @@ def on_customer_key(aws: LocalAws, values: dict[str, Any], alias: str = "alias/s
                          for kind in ("s3_feeds", "firehose_feeds")}}
 
 
+def write_aws_env(aws: LocalAws, path: Path) -> Path:
+    """`source .state/local/aws.env` points the AWS CLI (and boto3) at the stack as its admin."""
+    assert aws.admin is not None
+    lines = {**loopback_guard_env(aws.endpoint_url), **aws.admin.env()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"export {key}={value}\n" for key, value in lines.items()))
+    path.chmod(0o600)
+    return path
+
+
 def write_settings(values: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(values, indent=2))
@@ -317,13 +333,17 @@ LOCAL_OPERATIONS: dict[str, Any] = {
 class LocalStack:
     """Everything `make demo` needs, started in order and stopped in reverse, even on Ctrl-C."""
 
-    def __init__(self, state_dir: Path, with_prefect: bool = True, collect: bool = True, kms: bool = False) -> None:
+    def __init__(self, state_dir: Path, with_prefect: bool = True, collect: bool = True, kms: bool = False,
+                 brownfield: bool = False) -> None:
         """collect=False leaves the feed queues to the `queue` canary strategy (no other consumer);
-        kms=True puts every feed on one customer-managed key (the KMS profile)."""
+        kms=True puts every feed on one customer-managed key (the KMS profile); brownfield=True first builds an
+        estate the way another team's Terraform would, and the settings adopt it (deployments/local/brownfield.py)."""
         self.state_dir = state_dir.resolve()
         self.with_prefect = with_prefect
         self.collect = collect
         self.kms = kms
+        self.brownfield = brownfield
+        self.phases: list[tuple[str, float]] = []  # (what, seconds since start) as each finished
         self.aws = LocalAws(self.state_dir)
         self.prefect: LocalPrefect | None = None
         self.xsiam: LocalXsiam | None = None
@@ -331,10 +351,17 @@ class LocalStack:
         self.settings_file = self.state_dir / "socfeeds.json"
         self._stack = ExitStack()
 
+    def _phase(self, name: str, started: float) -> None:
+        """Say what the start-up spent its time on (a newcomer's first make up: what is slow)."""
+        self.phases.append((name, time.monotonic() - started))
+
     def __enter__(self) -> LocalStack:
         try:
+            started = time.monotonic()
             self.aws.start()
             self._stack.callback(self.aws.stop)
+            self._phase("AWS emulator (moto) with IAM auth and the platform seed", started)
+            write_aws_env(self.aws, self.state_dir / "aws.env")
             self.xsiam = LocalXsiam(self.state_dir, self.aws)  # its URL goes into the settings
             self.inbox = ChatInbox(self.state_dir / "logs" / "on-call-channel.jsonl").start()
             self._stack.callback(self.inbox.stop)
@@ -342,15 +369,21 @@ class LocalStack:
                       "alerts": {"webhook_url": self.inbox.url}}
             if self.kms:
                 values = on_customer_key(self.aws, values)
+            if self.brownfield:
+                from deployments.local import brownfield
+
+                values = brownfield.build(self.aws, values, self.xsiam.firehose_url, self.xsiam.firehose_token).values
             if self.collect:
                 self.xsiam.collect(collector_feeds(self.aws, values), reader_secret_id=values["reader"]["secret_name"])
             self.xsiam.start()
             self._stack.callback(self.xsiam.stop)
             self.aws.put_token_secret(values["firehose_feeds"]["eks-control-plane"]["token_secret_name"],
                                       self.xsiam.firehose_token)
+            self._phase("settings, XSIAM stand-in and on-call inbox", started)
             if self.with_prefect:
                 self.prefect = LocalPrefect(self.state_dir).start()
                 self._stack.callback(self.prefect.stop)
+                self._phase("Prefect server (SQLite from the migrated template)", started)
             write_settings(values, self.settings_file)
         except BaseException:
             self._stack.close()

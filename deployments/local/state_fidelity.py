@@ -6,6 +6,9 @@
 2. Firehose encryption status: a stream created with `DeliveryStreamEncryptionConfigurationInput` is
    described without a `Status`, so it reads as not encrypted. AWS reports `Status: ENABLED` once the
    stream is active (Firehose API Reference, DeliveryStreamEncryptionConfiguration: "Status ... ENABLED").
+4. SetQueueAttributes without `Policy` erases the queue's policy in moto (its attribute setter assigns
+   `attributes.get("Policy")`); AWS changes only the attributes given (SQS API Reference, SetQueueAttributes:
+   "Sets the value of one or more queue attributes"), so another owner's policy survives a redrive change.
 3. A user's ARN when its key is authorised: moto names the caller `user/<name>`, dropping the user's path, so a
    trust policy naming the user as AWS (and moto's own GetCallerIdentity) reports it, `user/<path><name>`,
    never matches. AWS keeps the path (IAM User Guide, "IAM identifiers": user ARNs include the path).
@@ -34,7 +37,18 @@ def _user_arn(self: IAMUserAccessKey) -> str:
     return str(user.arn)
 
 
+_original_set_attributes = Queue._set_attributes
+
+
+def _set_attributes(self: Queue, attributes: dict[str, Any], now: float | None = None) -> None:
+    policy = getattr(self, "policy", None)
+    _original_set_attributes(self, attributes, now)
+    if "Policy" not in attributes:
+        self.policy = policy
+
+
 def apply() -> None:
+    Queue._set_attributes = _set_attributes  # type: ignore[method-assign]
     IAMUserAccessKey.arn = property(_user_arn)  # type: ignore[assignment,method-assign]
     if "RedriveAllowPolicy" not in Queue.BASE_ATTRIBUTES:
         Queue.BASE_ATTRIBUTES.append("RedriveAllowPolicy")

@@ -22,13 +22,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from deployments.xsiam.store import Event, Store
 from socfeeds.formats import read_records
+from socfeeds.settings import LOG_TYPE_DATASETS
 
-DATASETS = {
-    "Audit Logs": "aws_s3_raw",
-    "Flow Logs": "aws_s3_raw",
-    "Route 53": "amazon_route53_raw",
-    "Generic": "amazon_aws_raw",
-}
 AUTH_ERRORS = {"InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException",
                "InvalidAccessKeyId", "AccessDenied", "AccessDeniedException", "ExpiredToken", "403"}
 WAIT_SECONDS = 2  # short long polls keep shutdown prompt; a send still wakes them at once
@@ -190,7 +185,7 @@ class Collector:
             if data[:2] == b"\x1f\x8b":
                 data = gzip.decompress(data)
             raws = split_records(feed.log_type, data.decode())
-            self.store.add_events(Event(DATASETS.get(feed.log_type, "amazon_aws_raw"), feed.name,
+            self.store.add_events(Event(LOG_TYPE_DATASETS.get(feed.log_type, "amazon_aws_raw"), feed.name,
                                         f"s3://{bucket}/{key}", None, raw) for raw in raws)
 
 
