@@ -92,7 +92,7 @@ def source_write_statements(feed: S3Feed, settings: Settings) -> list[Statement]
     logs_prefix = f"{bucket_arn}/AWSLogs/{settings.account_id}/*"
     source = feed.source
     if isinstance(source, CloudTrailSource):
-        trail = {"aws:SourceArn": arns.trail(source.trail_name)}
+        trail = {"aws:SourceArn": arns.trail(source.trail)}
         principal = {"Service": "cloudtrail.amazonaws.com"}
         return [
             {"Sid": "SocfeedsCloudTrailAclCheck", "Effect": "Allow", "Principal": principal,
@@ -478,7 +478,7 @@ def key_service_statements(settings: Settings, feeds: Iterable[S3Feed]) -> list[
     statements: list[Statement] = []
     if feeds:
         statements.append(s3_notification_key_statement())
-    trails = sorted(arns.trail(f.source.trail_name) for f in feeds if isinstance(f.source, CloudTrailSource))
+    trails = sorted(arns.trail(f.source.trail) for f in feeds if isinstance(f.source, CloudTrailSource))
     if trails:
         principal = {"Service": "cloudtrail.amazonaws.com"}
         statements += [

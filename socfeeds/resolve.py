@@ -76,4 +76,4 @@ def _trail(aws: AwsClients, feed: S3Feed) -> object:
     names = [str(t["Name"]) for t in trails]
     if not names or source.trail_name in names:
         return source
-    return source.model_copy(update={"trail_name": names[0]})
+    return source.model_copy(update={"adopted_trail": names[0]})

@@ -51,6 +51,14 @@ class CloudTrailSource(_Strict):
 
     kind: Literal["cloudtrail"] = "cloudtrail"
     trail_name: str = Field("cloud-platform-cloudtrail", min_length=3, max_length=128)
+    adopted_trail: str | None = Field(
+        None, description="Filled at the start of each run, not in settings: the trail that already delivers to the "
+        "bucket under another name, which socfeeds adopts (bucket and key policies then name it).")
+
+    @property
+    def trail(self) -> str:
+        """The trail that writes the feed's logs: the adopted one, else the declared one."""
+        return self.adopted_trail or self.trail_name
 
 
 class FlowLogSource(_Strict):

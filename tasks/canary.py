@@ -282,9 +282,9 @@ def _canary_firehose(aws: AwsClients, writer: AwsClients, xql: XqlClient | None,
     already_read: set[str] = set()
 
     def backed_up() -> str | None:
-        for key, message, payload in backed_up_records(aws, feed, since, already_read):
+        for where, message, payload in backed_up_records(aws, feed, since, already_read):
             if marker in payload:
-                return f"delivery failed and the event went to s3://{feed.error_bucket}/{key}: {message}"
+                return f"delivery failed and the event went to {where}: {message}"
         return None
 
     try:

@@ -527,7 +527,7 @@ def backup_buckets(aws: AwsClients, feed: FirehoseFeed) -> list[str]:
 
 def backed_up_records(aws: AwsClients, feed: FirehoseFeed, since: datetime,
                       already_read: set[str]) -> Iterator[tuple[str, str, str]]:
-    """(key, Firehose's errorMessage, the CloudWatch payload as text) for backup objects since a time.
+    """(s3://bucket/key, Firehose's errorMessage, the CloudWatch payload as text) for backup objects since a time.
 
     Objects in `already_read` (as bucket/key) are skipped and every one read is added, so a poller reads each once.
     """
@@ -542,7 +542,8 @@ def backed_up_records(aws: AwsClients, feed: FirehoseFeed, since: datetime,
                 record = json.loads(line)
                 raw = base64.b64decode(record["rawData"])
                 payload = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-                yield obj["Key"], str(record.get("errorMessage", "")), payload.decode(errors="replace")
+                where = f"s3://{bucket}/{obj['Key']}"
+                yield where, str(record.get("errorMessage", "")), payload.decode(errors="replace")
 
 
 def _check_token(aws: AwsClients, check: FindingsFor, secret_id: str) -> str | None:

@@ -452,7 +452,7 @@ def test_failed_deliveries_are_found_in_the_adopted_streams_own_backup_bucket(st
     put_audit_event(stack, marker)
     [(key, message)] = eventually("the marker in the platform's backup bucket", lambda: [
         (k, m) for k, m, payload in backed_up_records(stack.aws, feed, since, read) if marker in payload], 30)
-    assert key.startswith("http-endpoint-failed/") and "403" in message
+    assert key.startswith(f"s3://{platform.bucket}/http-endpoint-failed/") and "403" in message
     failed = [f for f in checks(stack) if f.check == "failed deliveries"]
     assert [(f.resource, f.status) for f in failed] == [(f"s3://{platform.bucket}", Status.FAIL)]
-    assert key in failed[0].detail and f"/aws/kinesisfirehose/{platform.stream} log group" in failed[0].fix
+    assert key.removeprefix(f"s3://{platform.bucket}/") in failed[0].detail and f"/aws/kinesisfirehose/{platform.stream} log group" in failed[0].fix
