@@ -229,14 +229,20 @@ def test_the_canary_finds_its_statement_in_xsiam_through_the_whole_path(stack: S
     assert [s["logStreamName"] for s in streams if s["logStreamName"].startswith(RDS_CANARY_STREAM_PREFIX)] == []
 
 
-def test_the_canary_names_the_delivery_leg_when_the_subscription_is_gone(stack: Stack,
-                                                                         collecting: LocalXsiam) -> None:
+def provisioned_with_a_short_deadline(stack: Stack) -> tuple[str, str]:
+    """The feed on a log group of its own with a 5 s canary deadline, provisioned: (instance id, log group)."""
     instance, group = rds_log_group(stack)
     feeds = stack.values["s3_feeds"]
     stack.update(s3_feeds={**feeds, FEED: {**feeds[FEED], "canary_deadline_seconds": 5,
                                            "source": {**feeds[FEED]["source"], "log_groups": [group]}}})
     provision(stack)
     ensure_canary_writer.fn(stack.aws, stack.settings, False)
+    return instance, group
+
+
+def test_the_canary_names_the_delivery_leg_when_the_subscription_is_gone(stack: Stack,
+                                                                         collecting: LocalXsiam) -> None:
+    instance, group = provisioned_with_a_short_deadline(stack)
     stack.client("logs").delete_subscription_filter(logGroupName=group, filterName=f"{instance}-postgresql-firehose")
     result = run_canary(stack)
     assert (result.status, result.leg) == ("failed", "delivery") and "subscription filter" in result.fix
@@ -244,12 +250,7 @@ def test_the_canary_names_the_delivery_leg_when_the_subscription_is_gone(stack: 
 
 def test_the_canary_names_the_collection_leg_when_the_object_arrives_but_xsiam_never_reads_it(stack: Stack) -> None:
     """No collector runs here: Firehose delivers the statement to the bucket, XSIAM never ingests it."""
-    _, group = rds_log_group(stack)
-    feeds = stack.values["s3_feeds"]
-    stack.update(s3_feeds={**feeds, FEED: {**feeds[FEED], "canary_deadline_seconds": 5,
-                                           "source": {**feeds[FEED]["source"], "log_groups": [group]}}})
-    provision(stack)
-    ensure_canary_writer.fn(stack.aws, stack.settings, False)
+    provisioned_with_a_short_deadline(stack)
     result = run_canary(stack)
     assert (result.status, result.leg) == ("failed", "collection"), result
     assert f"delivered to s3://{feed(stack).bucket}/logs/" in result.detail and "XSIAM did not ingest" in result.fix
