@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import ParamSpec, TypeVar, cast
 
-from prefect import get_run_logger
-from prefect.artifacts import create_table_artifact
+from prefect import Task, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.futures import PrefectFuture
+from prefect.states import Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from pydantic import BaseModel
 
 from socfeeds.aws import AwsClients
-from socfeeds.report import render_table, table_rows
+from socfeeds.report import markdown_table, render_table, table_rows
 from socfeeds.resolve import resolve
 from socfeeds.settings import Settings
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def concurrent_tasks(max_workers: int = 16) -> TaskRunner[PrefectFuture[object]]:
@@ -59,21 +63,61 @@ class StepsFailed(RuntimeError):
 
 
 def gather(futures: Iterable[tuple[str, PrefectFuture[list[T]]]]) -> tuple[list[T], list[tuple[str, str]]]:
-    """Every task's items, plus (task label, error) for each task that did not complete."""
+    """Every task's items, from tasks that completed or ended Failed with their items (see `failed_with`),
+    plus (task label, error) for each task that raised or crashed."""
     items: list[T] = []
     errors: list[tuple[str, str]] = []
     for label, future in futures:
         future.wait()
-        state = future.state
-        if state.is_completed():
-            items.extend(future.result())
+        outcome: object = future.state.result(raise_on_failure=False)
+        if isinstance(outcome, list):
+            items.extend(outcome)
         else:
-            errors.append((label, str(state.result(raise_on_failure=False))))
+            errors.append((label, str(outcome)))
     return items, errors
 
 
+def failed_with(message: str, data: T) -> T:
+    """A Failed state carrying `data`, for a task or flow to return instead of raising.
+
+    Prefect makes a returned state the run's own: the UI marks it red with `message` and no traceback,
+    and `state.result(raise_on_failure=False)` gives back `data`. A caller of the run itself still gets
+    `data` or an exception, which is why the type stays `T`.
+    """
+    return cast(T, Failed(message=message, data=data))
+
+
+def one_line(text: str) -> str:
+    """State messages and alerts show one line; details from AWS may carry several."""
+    return " ".join(text.split())
+
+
+def failing_when(task: Task[P, list[T]], failures: Callable[[list[T]], list[str]]) -> Task[P, list[T]]:
+    """The same task, ending Failed (its items kept as data) when `failures` names any, so the UI shows
+    which task to open while the flow still collects every item."""
+
+    @functools.wraps(task.fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> list[T]:
+        items = task.fn(*args, **kwargs)
+        failed = failures(items)
+        return failed_with(one_line("; ".join(failed)), items) if failed else items
+
+    return Task(fn=run, name=task.name, task_run_name=task.task_run_name, cache_policy=task.cache_policy,
+                retries=task.retries, retry_delay_seconds=task.retry_delay_seconds,
+                retry_jitter_factor=task.retry_jitter_factor, retry_condition_fn=task.retry_condition_fn)
+
+
 def publish(key: str, description: str, items: Sequence[object], columns: list[str]) -> None:
-    """Table artifact for the UI, the same table in the run log."""
-    rows = table_rows(items)  # type: ignore[arg-type]
-    create_table_artifact(key=key, table=rows, description=description)
+    """Table artifact for the UI (`columns` first, in order), the same table in the run log.
+
+    `description` is the artifact's title: its first line becomes a heading."""
+    rows = table_rows(cast(Sequence[BaseModel], items), columns)
+    create_table_artifact(key=key, table=rows, description=f"## {description}")
     get_run_logger().info("%s\n%s", description, render_table(rows, columns))
+
+
+def publish_failures(key: str, title: str, failures: Sequence[BaseModel], columns: list[str], all_clear: str) -> None:
+    """A short markdown artifact of only what needs a person, published on every run so its key always
+    shows the latest run (`all_clear` when nothing failed); the run's failure message names `key`."""
+    body = markdown_table(table_rows(failures, columns), columns) if failures else all_clear
+    create_markdown_artifact(key=key, markdown=f"# {title}\n\n{body}\n", description=title)

@@ -3,27 +3,41 @@
 from __future__ import annotations
 
 import statistics
+import time
 import uuid
 
 from prefect import flow, get_run_logger, runtime
 from prefect.events import emit_event
-from prefect.futures import PrefectFuture
+from prefect.futures import PrefectFuture, wait
 from prefect.variables import Variable
 
-from flows._common import StepsFailed, concurrent_tasks, gather, publish, start_run
+from flows._common import (
+    Run,
+    concurrent_tasks,
+    failed_with,
+    failing_when,
+    gather,
+    one_line,
+    publish,
+    publish_failures,
+    start_run,
+)
 from tasks.canary import CanaryResult, canary_feed, writer_clients
 from tasks.xql import XqlClient
 
-CANARY_COLUMNS = ["feed", "strategy", "status", "leg", "latency_ms", "detail", "fix"]
+CANARY_COLUMNS = ["status", "leg", "fix", "feed", "strategy", "latency_ms", "detail"]
+FAILURE_COLUMNS = ["feed", "leg", "detail", "fix"]
+FAILURES_ARTIFACT = "feed-canary-failures"
 LATENCY_VARIABLE = "socfeeds-canary-latency-ms"
+PROGRESS_SECONDS = 10.0
 
 
-class CanaryFailed(RuntimeError):
-    """At least one feed's canary failed; `results` holds every feed's outcome."""
+def explain(result: CanaryResult) -> str:
+    """One failed feed as the on-call engineer reads it: the feed, the leg, what happened, the fix."""
+    return one_line(f"{result.feed}: {result.leg} leg failed: {result.detail} -> {result.fix}")
 
-    def __init__(self, message: str, results: list[CanaryResult]) -> None:
-        super().__init__(message)
-        self.results = results
+
+canary_task = failing_when(canary_feed, lambda results: [explain(r) for r in results if not r.passed])
 
 
 @flow(name="feed-canary", task_runner=concurrent_tasks())
@@ -32,7 +46,9 @@ def feed_canary(feeds: list[str] | None = None) -> list[CanaryResult]:
 
     Each feed's strategy (siem or queue) and deadline come from settings. All feeds run at once;
     the run ends Failed if any feed fails, naming the leg (write, notification, collection,
-    delivery, backup) and the fix. Emits socfeeds.canary.passed / socfeeds.canary.failed per feed.
+    delivery, backup) and the fix, that feed's task marked Failed. Logs which feeds are still waiting
+    every PROGRESS_SECONDS. Publishes a table (failed first) and a failures-only artifact. Emits
+    socfeeds.canary.passed / socfeeds.canary.failed per feed.
 
     Args:
         feeds: Feed names from settings; None means every feed.
@@ -43,24 +59,46 @@ def feed_canary(feeds: list[str] | None = None) -> list[CanaryResult]:
     wants_siem = run.firehose_feeds or any(run.settings.s3_feeds[n].canary_strategy == "siem" for n in run.s3_feeds)
     xql = XqlClient.from_settings(run.settings) if wants_siem else None
     futures: list[tuple[str, PrefectFuture[list[CanaryResult]]]] = [
-        (f"canary[{name}]", canary_feed.submit(run.aws, writer, xql, run.settings, name, run_tag))
-        for name in run.feeds]
-    results, errors = gather(futures)
+        (name, canary_task.submit(run.aws, writer, xql, run.settings, name, run_tag)) for name in run.feeds]
+    wait_reporting_progress(run, futures)
+    results, errors = gather((f"canary[{name}]", future) for name, future in futures)
     history = record_latencies(results, run.settings.canary.latency_history)
     for result in results:
         resource = {"prefect.resource.id": f"socfeeds.feed.{result.feed}", "prefect.resource.name": result.feed}
         emit_event(event=f"socfeeds.canary.{result.status}", resource=resource,
                    payload={"leg": result.leg, "latency_ms": result.latency_ms, "detail": result.detail,
                             "fix": result.fix, "median_latency_ms": history.get(result.feed)})
+    results.sort(key=lambda r: r.passed)  # failed feeds first
     failed = [r for r in results if not r.passed]
-    summary = f"feed-canary: {len(results) - len(failed)} of {len(results)} feeds passed"
+    summary = f"feed-canary: {len(failed)} of {len(results)} feeds failed"
     publish("feed-canary", summary, results, CANARY_COLUMNS)
-    if errors:
-        raise StepsFailed("canary steps crashed:\n" + "\n".join(f"{label}: {error}" for label, error in errors))
-    if failed:
-        raise CanaryFailed(summary + ":\n" + "\n".join(
-            f"{r.feed}: {r.leg} leg failed: {r.detail} -> {r.fix}" for r in failed), results)
+    publish_failures(FAILURES_ARTIFACT, summary, failed, FAILURE_COLUMNS, f"All {len(results)} feeds passed.")
+    problems = [explain(r) for r in failed] + [one_line(f"{label} crashed: {error} -> see the task run's log")
+                                               for label, error in errors]
+    if problems:
+        return failed_with(f"feed-canary: {len(problems)} of {len(run.feeds)} feeds failed: {'; '.join(problems)}; "
+                           f"see artifact {FAILURES_ARTIFACT}", results)
     return results
+
+
+def wait_reporting_progress(run: Run, futures: list[tuple[str, PrefectFuture[list[CanaryResult]]]]) -> None:
+    """Log every PROGRESS_SECONDS which feeds are done and which are still waiting, and for how long,
+    so a broken feed's deadline is not silence."""
+    started, feed_of = time.monotonic(), {future: name for name, future in futures}
+    pending = [future for _, future in futures]
+    while pending := list(wait(pending, timeout=PROGRESS_SECONDS).not_done):
+        waited = int(time.monotonic() - started)
+        done = [future for _, future in futures if future not in pending]
+        confirmed = [feed_of[future] for future in done if future.state.is_completed()]
+        failed = [feed_of[future] for future in done if not future.state.is_completed()]
+        waiting = [f"{feed_of[future]} ({waited} s of {deadline_of(run, feed_of[future])} s)" for future in pending]
+        get_run_logger().info("feed-canary after %d s: confirmed %s; failed %s; waiting on %s", waited,
+                              ", ".join(confirmed) or "none", ", ".join(failed) or "none", ", ".join(waiting))
+
+
+def deadline_of(run: Run, feed: str) -> int:
+    declared = run.settings.s3_feeds.get(feed) or run.settings.firehose_feeds[feed]
+    return declared.canary_deadline_seconds
 
 
 def record_latencies(results: list[CanaryResult], keep: int) -> dict[str, int]:

@@ -6,8 +6,17 @@ from prefect import flow
 from prefect.futures import PrefectFuture
 
 import tasks.rds  # noqa: F401 (registers the RDS and CloudFront source wiring)
-from flows._common import concurrent_tasks, gather, publish, start_run
-from socfeeds.report import Finding, Status
+from flows._common import (
+    concurrent_tasks,
+    failed_with,
+    failing_when,
+    gather,
+    one_line,
+    publish,
+    publish_failures,
+    start_run,
+)
+from socfeeds.report import STATUS_ORDER, Finding, Status
 from tasks.buckets import check_bucket
 from tasks.canary import check_canary_writer
 from tasks.firehose import check_cluster_logging, check_delivery_stream, check_subscription
@@ -17,17 +26,27 @@ from tasks.queues import check_queue
 from tasks.reader import check_reader
 from tasks.sources import check_source
 
-FINDING_COLUMNS = ["feed", "resource", "check", "status", "detail", "fix"]
+FINDING_COLUMNS = ["status", "fix", "feed", "resource", "check", "detail"]
+FAILURE_COLUMNS = ["status", "feed", "resource", "check", "detail", "fix"]
+FAILURES_ARTIFACT = "verify-feeds-failures"
+SHOWN_IN_MESSAGE = 3  # the state message stays one readable line; the artifact lists every failure
 FEED_CHECKS = (check_bucket, check_queue, check_notification, check_source)
 FIREHOSE_FEED_CHECKS = (check_cluster_logging, check_delivery_stream, check_subscription)
 
 
-class ChecksFailed(RuntimeError):
-    """At least one check failed; `findings` holds the whole report."""
+def explain(finding: Finding) -> str:
+    """One failure as the on-call engineer reads it: where, what, the fix."""
+    return one_line(f"{finding.feed} {finding.resource} {finding.check}: {finding.detail} -> {finding.fix}")
 
-    def __init__(self, message: str, findings: list[Finding]) -> None:
-        super().__init__(message)
-        self.findings = findings
+
+def failed_checks(findings: list[Finding]) -> list[str]:
+    return [explain(f) for f in findings if f.status is Status.FAIL]
+
+
+reader_check, writer_check, key_check = (failing_when(check, failed_checks)
+                                         for check in (check_reader, check_canary_writer, check_key_policies))
+feed_checks = [failing_when(check, failed_checks) for check in FEED_CHECKS]
+firehose_feed_checks = [failing_when(check, failed_checks) for check in FIREHOSE_FEED_CHECKS]
 
 
 @flow(name="verify-feeds", task_runner=concurrent_tasks())
@@ -35,33 +54,38 @@ def verify_feeds(feeds: list[str] | None = None) -> list[Finding]:
     """Check each S3 feed's bucket, queue, notification and source, the EKS feed's logging, stream and
     subscription, and the XSIAM reader's grants.
 
-    Changes nothing. Publishes a table artifact and ends Failed when any check fails, so
-    automations can alert on it.
+    Changes nothing. Publishes a table artifact (failures first) and a failures-only one, marks each
+    check task with a failure Failed, and ends Failed with a one-line message when any check fails,
+    so automations can alert on it.
 
     Args:
         feeds: Feed names from settings; None means every feed.
     """
     run = start_run(feeds)
     checks: list[tuple[str, PrefectFuture[list[Finding]]]] = [
-        ("check-reader", check_reader.submit(run.aws, run.settings)),
-        ("check-canary-writer", check_canary_writer.submit(run.aws, run.settings)),
-        ("check-key-policies", check_key_policies.submit(run.aws, run.settings))]
+        ("check-reader", reader_check.submit(run.aws, run.settings)),
+        ("check-canary-writer", writer_check.submit(run.aws, run.settings)),
+        ("check-key-policies", key_check.submit(run.aws, run.settings))]
     for name in run.s3_feeds:
-        checks += [(f"{check.name}[{name}]", check.submit(run.aws, run.settings, name))
-                   for check in FEED_CHECKS]
+        checks += [(f"{check.name}[{name}]", check.submit(run.aws, run.settings, name)) for check in feed_checks]
     for name in run.firehose_feeds:
         checks += [(f"{check.name}[{name}]", check.submit(run.aws, run.settings, name))
-                   for check in FIREHOSE_FEED_CHECKS]
+                   for check in firehose_feed_checks]
     findings, errors = gather(checks)
     findings += [Finding(feed=feed, resource=label, check="check ran", status=Status.FAIL, detail=error,
                          fix="see the task run's log; the check itself could not finish")
                  for feed, label, error in ((label.partition("[")[2].rstrip("]") or "reader", label, error)
                                             for label, error in errors)]
+    findings.sort(key=lambda f: STATUS_ORDER[f.status])  # stable: check order within each status
     failed = [f for f in findings if f.status is Status.FAIL]
-    warned = sum(f.status is Status.WARN for f in findings)
-    summary = f"verify-feeds: {len(findings)} checks, {len(failed)} failed, {warned} warnings"
+    warned = [f for f in findings if f.status is Status.WARN]
+    summary = f"verify-feeds: {len(failed)} of {len(findings)} checks failed, {len(warned)} warnings"
     publish("verify-feeds", summary, findings, FINDING_COLUMNS)
-    if failed:
-        raise ChecksFailed(summary + ":\n" + "\n".join(
-            f"{f.feed} {f.resource} {f.check}: {f.detail} -> {f.fix}" for f in failed), findings)
-    return findings
+    publish_failures(FAILURES_ARTIFACT, summary, [*failed, *warned], FAILURE_COLUMNS,
+                     f"All {len(findings)} checks passed.")
+    if not failed:
+        return findings
+    shown = "; ".join(explain(f) for f in failed[:SHOWN_IN_MESSAGE])
+    more = f"; and {len(failed) - SHOWN_IN_MESSAGE} more" if len(failed) > SHOWN_IN_MESSAGE else ""
+    return failed_with(f"verify-feeds: {len(failed)} of {len(findings)} checks failed: {shown}{more}; "
+                       f"see artifact {FAILURES_ARTIFACT}", findings)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict
@@ -76,8 +76,32 @@ class ChangesFor:
                                    wanted="" if wanted is None else json.dumps(wanted, sort_keys=True, default=str)))
 
 
-def table_rows(items: Iterable[BaseModel]) -> list[dict[str, str]]:
-    return [{k: str(v) for k, v in item.model_dump(mode="json").items()} for item in items]
+STATUS_ORDER = {Status.FAIL: 0, Status.WARN: 1, Status.PASS: 2}
+MISSING = "\u2014"  # an em dash: "-" alone is a list bullet in the UI's markdown, None reads as a bug
+
+
+def cell(value: object) -> str:
+    """A value as a table shows it: a missing one as an em dash, never "None" or a bare "-"."""
+    return MISSING if value is None or value == "-" else str(value)
+
+
+def table_rows(items: Iterable[BaseModel], columns: Sequence[str] = ()) -> list[dict[str, str]]:
+    """One row per item, `columns` first in that order (the UI shows keys as they come), then the rest."""
+    rows = []
+    for item in items:
+        fields = item.model_dump(mode="json")
+        ordered = [*columns, *(k for k in fields if k not in columns)]
+        rows.append({k: cell(fields.get(k)) for k in ordered})
+    return rows
+
+
+def markdown_table(rows: list[dict[str, str]], columns: Sequence[str]) -> str:
+    """A markdown table; pipes and line breaks inside a cell would break its row."""
+    def escape(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    return "\n".join([" | ".join(columns), " | ".join("---" for _ in columns),
+                      *(" | ".join(escape(r.get(c, MISSING)) for c in columns) for r in rows)])
 
 
 def render_table(rows: list[dict[str, str]], columns: list[str]) -> str:

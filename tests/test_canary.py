@@ -8,10 +8,13 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 from conftest import Stack, prefect_events
+from prefect.client.schemas.objects import State
+from test_verify import artifacts_of
 from test_xsiam_standin import eventually
 
+import flows.canary
 from deployments.local.stack import LocalXsiam
-from flows.canary import LATENCY_VARIABLE, CanaryFailed, feed_canary
+from flows.canary import CANARY_COLUMNS, FAILURES_ARTIFACT, LATENCY_VARIABLE, feed_canary
 from flows.provision import provision_feeds
 from socfeeds.policies import CANARY_STREAM_PREFIX
 from socfeeds.report import Status
@@ -34,11 +37,16 @@ def with_deadlines(stack: Stack, seconds: int, **feed_changes: Any) -> None:
 
 
 def run(feeds: list[str] | None = None) -> tuple[bool, dict[str, CanaryResult]]:
+    ok, results, _ = run_state(feeds)
+    return ok, results
+
+
+def run_state(feeds: list[str] | None = None) -> tuple[bool, dict[str, CanaryResult], State[Any]]:
+    """A failed run carries every feed's result as its data, not an exception."""
     state = feed_canary(feeds=feeds, return_state=True)
-    outcome = state.result(raise_on_failure=False)
-    results = outcome.results if isinstance(outcome, CanaryFailed) else outcome
-    assert isinstance(results, list), outcome
-    return state.is_completed(), {r.feed: r for r in results}
+    results = state.result(raise_on_failure=False)
+    assert isinstance(results, list), results
+    return state.is_completed(), {r.feed: r for r in results}, state
 
 
 def test_every_feed_passes_and_leaves_nothing_behind(stack: Stack, collecting: LocalXsiam) -> None:
@@ -182,14 +190,49 @@ def test_queue_strategy_confirms_and_never_touches_other_messages(stack: Stack) 
     assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
 
 
-def test_queue_strategy_names_the_notification_leg(stack: Stack) -> None:
+def test_queue_strategy_names_the_notification_leg(stack: Stack, prefect_logs: pytest.LogCaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also how the failure reads: progress while waiting, failed first, the red task, one-line message."""
+    monkeypatch.setattr(flows.canary, "PROGRESS_SECONDS", 1.0)
     with_deadlines(stack, 5, canary_strategy="queue")
-    provision_feeds(feeds=["cloudtrail", "vpc-flow-logs"])
+    provision_feeds(feeds=["cloudtrail", "vpc-flow-logs", "application-logs"])
     settings = stack.settings
     stack.client("s3").put_bucket_notification_configuration(
         Bucket=settings.s3_feeds["cloudtrail"].bucket, NotificationConfiguration={})
     stack.client("sqs").delete_queue(QueueUrl=queue_url(stack.aws, settings.s3_feeds["vpc-flow-logs"].queue))
-    ok, results = run(["cloudtrail", "vpc-flow-logs"])
+    ok, results, state = run_state(["cloudtrail", "vpc-flow-logs", "application-logs"])
     assert not ok
     assert results["cloudtrail"].leg == "notification" and "no notification" in results["cloudtrail"].detail
     assert results["vpc-flow-logs"].leg == "notification" and "does not exist" in results["vpc-flow-logs"].detail
+    assert results["application-logs"].passed
+    assert "waiting on cloudtrail (" in prefect_logs.text and "s of 5 s)" in prefect_logs.text
+    assert "confirmed application-logs" in prefect_logs.text
+    message = state.message or ""
+    assert "\n" not in message and message.startswith("feed-canary: 2 of 3 feeds failed: ")
+    assert "cloudtrail: notification leg failed: no notification" in message and "provision-feeds" in message
+    assert f"see artifact {FAILURES_ARTIFACT}" in message
+    artifacts = artifacts_of(state)
+    rows = json.loads(str(artifacts["feed-canary"].data))
+    assert [list(row)[:len(CANARY_COLUMNS)] for row in rows] == [CANARY_COLUMNS] * 3
+    assert [row["status"] for row in rows] == ["failed", "failed", "passed"]
+    assert rows[2]["leg"] == "\u2014" and "None" not in json.dumps(rows), "missing values show as an em dash"
+    failures = str(artifacts[FAILURES_ARTIFACT].data)
+    assert failures.startswith("# feed-canary: 2 of 3 feeds failed") and "vpc-flow-logs" in failures
+    assert "application-logs" not in failures
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
+            any_=[state.state_details.flow_run_id])))
+    failed = {run.name for run in task_runs if run.state and run.state.is_failed()}
+    assert failed == {"canary[cloudtrail]", "canary[vpc-flow-logs]"}
+
+
+def test_a_passing_canary_publishes_an_all_clear(stack: Stack) -> None:
+    with_deadlines(stack, 30, canary_strategy="queue")
+    provision_feeds(feeds=["application-logs"])
+    ok, results, state = run_state(["application-logs"])
+    assert ok, results
+    failures = str(artifacts_of(state)[FAILURES_ARTIFACT].data)
+    assert failures == "# feed-canary: 0 of 1 feeds failed\n\nAll 1 feeds passed.\n"

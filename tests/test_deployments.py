@@ -230,7 +230,7 @@ def test_the_ui_shows_the_deployments_and_a_verification_artifact(deployed: Depl
         assert f" {deployment} {flow} " in listing, f"{name} not on the deployments page"
 
     page = chromium.page_text(browser, f"{ui}/artifacts/artifact/{verified}", SCREENSHOTS / "verify-feeds-artifact.png")
-    assert "verify-feeds: " in page and " trail logging pass logging " in page, page[:3000]
+    assert "verify-feeds: " in page and " pass cloudtrail " in page and " trail logging logging " in page, page[:3000]
 
 
 @pytest.mark.parametrize(("pool_type", "template"), [("ecs", "ecs.json"), ("kubernetes", "kubernetes.json")])

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Stack
+from prefect.client.schemas.objects import Artifact, State
 
 from flows.provision import provision_feeds
-from flows.verify import FEED_CHECKS, ChecksFailed, verify_feeds
+from flows.verify import FAILURES_ARTIFACT, FEED_CHECKS, FINDING_COLUMNS, verify_feeds
 from socfeeds.report import Finding, Status
 from tasks.buckets import ensure_bucket
 from tasks.notifications import ensure_notification
@@ -226,24 +228,75 @@ def test_fluent_bit_output_missing_warns(stack: Stack) -> None:
     assert status_of(checks(stack, "application-logs"), "source:", "fluent bit output") is Status.WARN
 
 
-def test_verify_flow_fails_with_the_report_and_publishes_the_table(stack: Stack) -> None:
-    provision_feeds(feeds=["cloudtrail"])
-    stop_trail(stack, "cloudtrail")
-    state = verify_feeds(feeds=["cloudtrail"], return_state=True)
-    assert state.is_failed()
-    error = state.result(raise_on_failure=False)
-    assert isinstance(error, ChecksFailed)
-    assert "cloudtrail source:cloudtrail trail logging: logging is stopped" in str(error)
-    assert "start-logging" in str(error)
+def artifacts_of(state: State[Any]) -> dict[str, Artifact]:
+    """The run's artifacts by key, read back through the Prefect API as the UI reads them."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
             flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
-    [artifact] = [a for a in artifacts if a.key == "verify-feeds"]
-    assert isinstance(artifact.data, str)
+    return {a.key: a for a in artifacts if a.key}
+
+
+def test_verify_flow_fails_with_the_report_and_publishes_the_table(stack: Stack) -> None:
+    provision_feeds(feeds=["cloudtrail"])
+    stop_trail(stack, "cloudtrail")
+    state = verify_feeds(feeds=["cloudtrail"], return_state=True)
+    assert state.is_failed()
+    findings = state.result(raise_on_failure=False)
+    assert isinstance(findings, list) and all(isinstance(f, Finding) for f in findings), findings
+    assert state.message is not None and "\n" not in state.message
+    assert "cloudtrail source:cloudtrail trail logging: logging is stopped" in state.message
+    assert "start-logging" in state.message and f"see artifact {FAILURES_ARTIFACT}" in state.message
+    artifacts = artifacts_of(state)
+    artifact = artifacts["verify-feeds"]
+    assert isinstance(artifact.data, str) and artifact.type == "table"
     rows: list[dict[str, str]] = json.loads(artifact.data)
-    assert artifact.type == "table"
-    assert {"feed": "cloudtrail", "check": "trail logging", "status": "fail"}.items() <= next(
-        r for r in rows if r["check"] == "trail logging").items()
+    assert len(rows) == len(findings)
+    assert {"feed": "cloudtrail", "check": "trail logging", "status": "fail"}.items() <= rows[0].items()
+    assert all(list(row)[:len(FINDING_COLUMNS)] == ["status", "fix", "feed", "resource", "check", "detail"]
+               for row in rows), "status and fix come first, so they are on screen"
+    ranks = [{"fail": 0, "warn": 1, "pass": 2}[row["status"]] for row in rows]
+    assert ranks == sorted(ranks), "failures first, then warnings, then passes"
+    assert all(row["fix"] == "" for row in rows if row["status"] == "pass")
+    failures = artifacts[FAILURES_ARTIFACT]
+    assert failures.type == "markdown" and isinstance(failures.data, str)
+    assert failures.data.startswith("# verify-feeds: 1 of ") and "trail logging" in failures.data
+    assert "start-logging" in failures.data and "| pass |" not in failures.data
+
+
+def test_failed_check_marks_its_task_failed_and_the_run_keeps_every_finding(stack: Stack) -> None:
+    """The red task is the one to open; the run still reports every check, without a traceback."""
+    provision_feeds(feeds=["cloudtrail"])
+    passing = verify_feeds(feeds=["cloudtrail"], return_state=True)
+    assert passing.is_completed()
+    everything = passing.result()
+    warned = [f for f in everything if f.status is Status.WARN]
+    summary = artifacts_of(passing)[FAILURES_ARTIFACT].data or ""
+    assert (f"All {len(everything)} checks passed." in summary) is (not warned), summary
+    drop_notification(stack, "cloudtrail")
+    state = verify_feeds(feeds=["cloudtrail"], return_state=True)
+    findings = state.result(raise_on_failure=False)
+    assert isinstance(findings, list)
+    checked = {(f.resource, f.check) for f in findings}
+    assert {(f.resource, f.check) for f in everything if not f.resource.endswith(" notification")} <= checked
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
+
+    from deployments.local.stack import flush_prefect_logs
+
+    run_id = state.state_details.flow_run_id
+    assert run_id is not None
+    flush_prefect_logs()
+    with get_client(sync_client=True) as client:
+        stored = client.read_flow_run(run_id).state
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    assert stored is not None and stored.is_failed() and stored.message == state.message
+    assert state.message is not None and "notification" in state.message and "provision-feeds" in state.message
+    states = {run.name: run.state for run in task_runs}
+    failed_tasks = sorted(name for name, task_state in states.items() if task_state and task_state.is_failed())
+    assert failed_tasks == ["check-notification[cloudtrail]"], states
+    assert "notification" in (states["check-notification[cloudtrail]"].message or "")  # type: ignore[union-attr]
+    assert not [log.message for log in logs if "Traceback" in log.message], "an expected failure is not a crash"
