@@ -70,12 +70,44 @@ ALERTS = [
         subject="socfeeds: reader key rotation for {{ event.resource.name }} waits for approval",
         body=(
             "New key {{ event.payload.key }} is in Secrets Manager secret {{ event.payload.secret }} "
-            "(stage AWSPENDING); approval {{ event.payload.approval }} of {{ event.payload.required }}.\n"
+            "(stage AWSPENDING); approval {{ event.payload.approval }} of {{ event.payload.required }}, "
+            "from: {{ event.payload.approvers }}.\n"
             "SOC: put it in every XSIAM Amazon S3 data source, then approve in the form: "
             f"{RUN_LINK}\n"
             "or: prefect api POST /flow_runs/{{ flow_run.id }}/resume --data "
             "'{\"run_input\": {\"approved\": true, \"approver\": \"<your name>\", \"reason\": \"<ticket>\"}}'\n"
+            "(python -m deployments.approve prints this command ready to paste.) "
             "Unanswered, the rotation rolls back after {{ event.payload.timeout_seconds }} s; the old key stays active."
+        ),
+    ),
+    Alert(
+        name="socfeeds: rotation answer refused",
+        description="An answer to a rotation's approval was refused; the run waits for another.",
+        expect=frozenset({"socfeeds.rotation.answer-refused"}),
+        match={"prefect.resource.id": "socfeeds.reader.*"},
+        subject="socfeeds: an approval of the key rotation for {{ event.resource.name }} was refused",
+        body=(
+            "The approval from {{ event.payload.approver }} for new key {{ event.payload.key }} was refused: "
+            "{{ event.payload.why }}.\n"
+            "The run is paused again for approval {{ event.payload.approval }} of {{ event.payload.required }}: "
+            "another of {{ event.payload.approvers }} must answer, in the form: "
+            f"{RUN_LINK}\n"
+            "or: prefect api POST /flow_runs/{{ flow_run.id }}/resume --data "
+            "'{\"run_input\": {\"approved\": true, \"approver\": \"<your name>\", \"reason\": \"<ticket>\"}}'"
+        ),
+    ),
+    Alert(
+        name="socfeeds: rotation rejected",
+        description="A reader key rotation was rejected and rolled back (the run ends Cancelled, not Failed).",
+        expect=frozenset({"socfeeds.rotation.rejected"}),
+        match={"prefect.resource.id": "socfeeds.reader.*"},
+        subject="socfeeds: reader key rotation for {{ event.resource.name }} rejected by {{ event.payload.approver }}",
+        body=(
+            "{{ event.payload.approver }} rejected the rotation: {{ event.payload.reason }}.\n"
+            "Rolled back: new key {{ event.payload.key }} deleted, old key {{ event.payload.current }} still active. "
+            "If an XSIAM data source already holds {{ event.payload.key }}, put the AWSCURRENT key back now.\n"
+            f"Run: {RUN_LINK}\n"
+            "To rotate later: prefect deployment run 'rotate-reader-keys/on-demand'"
         ),
     ),
 ]

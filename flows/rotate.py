@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any, Literal
 
+from botocore.exceptions import BotoCoreError, ClientError
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.client.schemas.objects import State
 from prefect.events import emit_event
+from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
-from pydantic import Field
+from prefect.runtime import flow_run
+from prefect.states import Cancelled
+from pydantic import Field, create_model
 
 from flows._common import start_run
+from socfeeds.aws import AwsClients
 from socfeeds.settings import Settings
 from tasks.keys import (
+    Finished,
     KeyInfo,
+    RotationBlocked,
     confirm_key_in_use,
     create_pending_key,
     current_key,
@@ -27,16 +37,43 @@ from tasks.keys import (
 )
 
 
-class Approval(RunInput):
-    """The SOC's answer once every XSIAM data source holds the pending key."""
-
-    approved: bool = Field(description="Approve (true) or reject (false) the new key.")
-    approver: str = Field(description="Your name, as listed in rotation.approvers.")
-    reason: str = Field("", description="Change ticket or reason.")
-
-
 class RotationStopped(RuntimeError):
-    """Rejected, timed out, or not seen in use: rolled back or left safe; the message says which."""
+    """Timed out, or not seen in use: rolled back or left safe; the message says which."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer to the approval form, as the artifact lists it."""
+
+    at: datetime
+    approver: str
+    approved: bool
+    reason: str
+    verdict: str  # approved | rejected | refused: <why>
+
+
+class Rejected(Exception):
+    """A listed approver said no: the rotation is rolled back and the run ends Cancelled."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(f"rejected by {answer.approver}: {answer.reason or 'no reason given'}")
+        self.answer = answer
+
+
+@dataclass
+class Journal:
+    """What the artifact reports, kept as the run goes so that every outcome (even an exception) can show it."""
+
+    keys_before: list[KeyInfo] = field(default_factory=list)
+    steps: list[tuple[datetime, str]] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
+    outcome: str = ""
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def step(self, text: str, warn: bool = False) -> None:
+        self.steps.append((datetime.now(UTC), text))
+        logger = get_run_logger()
+        (logger.warning if warn else logger.info)("%s", text)
 
 
 def _event(settings: Settings, step: str, **payload: object) -> None:
@@ -46,112 +83,206 @@ def _event(settings: Settings, step: str, **payload: object) -> None:
                payload={k: str(v) for k, v in payload.items()})
 
 
-def _report(settings: Settings, keys: list[KeyInfo], lines: list[str]) -> None:
-    table = "\n".join(f"| {k.key_id} | {k.status} | {k.age_days:.0f} | {k.last_used or 'never'} | "
-                      f"{k.last_service or '-'} |" for k in keys)
+def _when(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _cell(text: str) -> str:
+    """A person's free text inside one markdown table cell."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def _key_table(keys: list[KeyInfo]) -> str:
+    rows = "\n".join(f"| {k.key_id} | {k.status} | {k.age_days:.0f} | {k.last_used or 'never'} | "
+                     f"{k.last_service or '-'} |" for k in keys)
+    return f"| key id | status | age (days) | last used | service |\n|---|---|---|---|---|\n{rows or '| (none) ||||'}"
+
+
+def _report(aws: AwsClients, settings: Settings, journal: Journal) -> None:
+    """The run's markdown artifact: the keys as they are now (re-read), the steps, every answer, the outcome."""
+    ended = datetime.now(UTC)
+    try:
+        now = _key_table(user_keys.fn(aws, settings))
+    except (ClientError, BotoCoreError) as error:
+        now = f"(could not re-read the keys: {error})"
+    answers = "\n".join(f"| {_when(a.at)} | {a.approver} | {'approve' if a.approved else 'reject'} | "
+                        f"{_cell(a.reason) or '-'} | {a.verdict} |" for a in journal.answers)
     create_markdown_artifact(key="rotate-reader-keys", description="reader key rotation", markdown=(
-        f"# Reader key rotation: {settings.reader.user_name}\n\n| key id | status | age (days) | last used | service |"
-        f"\n|---|---|---|---|---|\n{table}\n\n" + "\n".join(f"- {line}" for line in lines)))
+        f"# Reader key rotation: {settings.reader.user_name}\n\n**Outcome: {journal.outcome}**\n\n"
+        f"Run {flow_run.get_name()} ({flow_run.get_id()}), {_when(journal.started)} to {_when(ended)}; "
+        f"secret {settings.reader.secret_name}; approvers {', '.join(settings.rotation.approvers) or '(none)'}, "
+        f"{settings.rotation.required_approvals} needed.\n\n"
+        f"## Keys now (read at {_when(ended)})\n\n{now}\n\n## Keys at the start\n\n{_key_table(journal.keys_before)}"
+        "\n\n## Steps\n\n" + "\n".join(f"- {_when(at)} {text}" for at, text in journal.steps) +
+        ("\n\n## Answers\n\n| time | approver | answer | ticket / reason | verdict |\n|---|---|---|---|---|\n"
+         f"{answers}" if journal.answers else "")))
 
 
-def _approve(settings: Settings, new_key: str) -> list[str]:
-    """Pause until enough distinct, listed approvers approve; any rejection or the timeout raises."""
-    policy, logger = settings.rotation, get_run_logger()
-    steps = (f"Pending key {new_key} is in Secrets Manager secret {settings.reader.secret_name} (stage AWSPENDING). "
-             "SOC: fetch it (aws secretsmanager get-secret-value --secret-id "
-             f"{settings.reader.secret_name} --version-stage AWSPENDING), update every XSIAM Amazon S3 data "
-             "source with it, then approve here.")
-    approvers: list[str] = []
+def approval_form(settings: Settings, new_key: str, approved_by: list[str]) -> type[RunInput]:
+    """The form for one pause: who may answer, how many must, and the SOC's steps. Rejecting is the default.
+
+    The approver is a choice of the listed names, so the UI offers only them and the API refuses
+    any other name (REJECT, naming the allowed ones) instead of accepting and pausing again.
+    """
+    policy, secret = settings.rotation, settings.reader.secret_name
+    names = ", ".join(policy.approvers)
+    given = (f" Already approved by {', '.join(approved_by)}: a different approver must answer."
+             if approved_by else "")
+    description = (
+        f"**Approval {len(approved_by) + 1} of {policy.required_approvals}** for the XSIAM reader key rotation of "
+        f"`{settings.reader.user_name}`. May approve (rotation.approvers): **{names}**; "
+        f"{policy.required_approvals} distinct approval(s) needed.{given}\n\n"
+        f"1. Fetch the pending key {new_key}: `aws secretsmanager get-secret-value --secret-id {secret} "
+        "--version-stage AWSPENDING`\n2. Put it in every XSIAM Amazon S3 data source.\n"
+        "3. Answer: turn **approved** on to approve. Left off, the answer REJECTS the rotation: the new key is "
+        "deleted and the old key stays active (if XSIAM already holds the new key, put the AWSCURRENT one back).")
+    listed: Any = Literal[tuple(policy.approvers)]  # the JSON schema's enum: the UI's choice, the API's check
+    form = create_model(
+        "Approval", __base__=RunInput, __doc__="The SOC's answer once every XSIAM data source holds the pending key.",
+        approved=(bool, Field(False, description="On: approve the new key. Off (default): reject and roll back.")),
+        approver=(listed, Field(description=f"Your name, one of: {names}.")),
+        reason=(str, Field("", description="The change ticket (e.g. CHG-1234), or why you reject.")))
+    return form.with_initial_data(description=description)
+
+
+def _approve(settings: Settings, new_key: str, journal: Journal) -> list[str]:
+    """Pause until enough distinct listed approvers approve; a rejection or the timeout raises."""
+    policy = settings.rotation
+    approved_by: list[str] = []
     attempt = 0
-    while len(approvers) < policy.required_approvals:
+    while len(approved_by) < policy.required_approvals:
         attempt += 1  # each pause needs its own input key, or a refused answer would be read again
-        logger.info("waiting for approval %d of %d: %s", len(approvers) + 1, policy.required_approvals, steps)
+        journal.step(f"paused for approval {len(approved_by) + 1} of {policy.required_approvals} "
+                     f"(approvers: {', '.join(policy.approvers)}; timeout {policy.approval_timeout_seconds} s)")
         _event(settings, "awaiting-approval", key=new_key, secret=settings.reader.secret_name,
-               approval=len(approvers) + 1, required=policy.required_approvals,
-               timeout_seconds=policy.approval_timeout_seconds)  # the on-call alert carries the run link
-        answer = pause_flow_run(wait_for_input=Approval.with_initial_data(description=steps, approved=True),
-                                timeout=policy.approval_timeout_seconds, poll_interval=policy.approval_poll_seconds,
-                                key=f"approval-{attempt}-{new_key.lower()}")
-        if answer.approver not in policy.approvers:
-            logger.warning("refused: %r is not in rotation.approvers; still waiting", answer.approver)
-            continue
-        if answer.approver in approvers:
-            logger.warning("refused: %s already approved; a different approver is needed", answer.approver)
-            continue
+               approval=len(approved_by) + 1, required=policy.required_approvals,
+               approvers=", ".join(policy.approvers), timeout_seconds=policy.approval_timeout_seconds)
+        answer: Any = pause_flow_run(
+            wait_for_input=approval_form(settings, new_key, approved_by), timeout=policy.approval_timeout_seconds,
+            poll_interval=policy.approval_poll_seconds, key=f"approval-{attempt}-{new_key.lower()}")
+        at, who, reason = datetime.now(UTC), str(answer.approver), str(answer.reason)
         if not answer.approved:
-            raise RotationStopped(f"rejected by {answer.approver}: {answer.reason or 'no reason given'}")
-        approvers.append(answer.approver)
-        _event(settings, "approved", approver=answer.approver, reason=answer.reason, key=new_key)
-    return approvers
+            journal.answers.append(Answer(at, who, False, reason, "rejected"))
+            raise Rejected(journal.answers[-1])
+        if who in approved_by:
+            why = f"{who} already approved; {policy.required_approvals} distinct approvers are needed"
+            journal.answers.append(Answer(at, who, True, reason, f"refused: {why}"))
+            journal.step(f"answer refused: {why}; waiting again", warn=True)
+            _event(settings, "answer-refused", key=new_key, approver=who, why=why, approval=len(approved_by) + 1,
+                   required=policy.required_approvals, approvers=", ".join(policy.approvers))
+            continue
+        approved_by.append(who)
+        journal.answers.append(Answer(at, who, True, reason, "approved"))
+        journal.step(f"approved by {who} ({reason or 'no ticket given'})")
+        _event(settings, "approved", approver=who, reason=reason, key=new_key)
+    return approved_by
 
 
-def _keyless(settings: Settings, keys: list[KeyInfo]) -> str:
+def _finished(journal: Journal, finished: Finished) -> None:
+    for text in finished.done:
+        journal.step(text)
+    if finished.already:
+        journal.step(f"recovered an interrupted finish: {'; '.join(finished.already)}")
+
+
+def _keyless(settings: Settings, keys: list[KeyInfo], journal: Journal) -> str:
     """Role mode: XSIAM assumes a role, there is no key to rotate; leftover user keys are a risk."""
-    lines = [f"nothing to rotate: XSIAM assumes role {settings.reader.role_name} (keyless)"]
+    journal.outcome = f"nothing to rotate: XSIAM assumes role {settings.reader.role_name} (keyless)"
     if keys:
-        lines.append(f"WARNING: user {settings.reader.user_name} still holds keys {[k.key_id for k in keys]}; "
-                     "the role is available: once every XSIAM data source uses it, delete these keys")
-        get_run_logger().warning(lines[-1])
-    _report(settings, keys, lines)
+        journal.step(f"WARNING: user {settings.reader.user_name} still holds keys {[k.key_id for k in keys]}; the "
+                     "role is available: once every XSIAM data source uses it, delete these keys", warn=True)
     return "keyless"
 
 
 @flow(name="rotate-reader-keys")
-def rotate_reader_keys(dry_run: bool = False, force: bool = False) -> str:
+def rotate_reader_keys(dry_run: bool = False, force: bool = False, emergency: bool = False) -> str | State[Any]:
     """Rotate the XSIAM reader's access key when due: create, test, approve, confirm use, finish.
 
-    Each step resumes safely after a crash; a rejection, a timeout or a key never seen in use rolls
-    back (or stops) with the old key still active. The old key is deleted after the grace period,
-    by a later scheduled run.
+    Each step resumes safely after a crash; a rejection (run Cancelled), a timeout or a key never
+    seen in use rolls back (or stops) with the old key still active. The old key is deleted after
+    the grace period, by a later scheduled run. The artifact is written whatever the outcome.
 
     Args:
         dry_run: Only report what would be done.
         force: Rotate even if the key is not yet due.
+        emergency: A leaked key: delete an inactive old key inside its grace period, then rotate now.
     """
-    from prefect.exceptions import FlowPauseTimeout
-
     run = start_run(None)
-    settings, aws, logger = run.settings, run.aws, get_run_logger()
-    if settings.reader.mode == "role":
-        return _keyless(settings, user_keys(aws, settings))
-    keys, plan = inspect_keys(aws, settings, force)
-    lines = [f"plan: {plan.action} ({plan.reason})"]
-    _event(settings, "inspected", action=plan.action, reason=plan.reason)
-    logger.info("%s", lines[0])
+    settings, aws, journal = run.settings, run.aws, Journal()
+    try:
+        if settings.reader.mode == "role":
+            journal.keys_before = user_keys(aws, settings)
+            return _keyless(settings, journal.keys_before, journal)
+        return _rotate(settings, aws, journal, dry_run, force, emergency)
+    except BaseException as error:
+        journal.outcome = journal.outcome or f"FAILED: {error}"
+        raise
+    finally:
+        _report(aws, settings, journal)
+
+
+def _rotate(settings: Settings, aws: AwsClients, journal: Journal, dry_run: bool, force: bool,
+            emergency: bool) -> str | State[Any]:
+    journal.keys_before, plan = inspect_keys(aws, settings, force, emergency)
+    journal.step(f"plan: {plan.action} ({plan.reason})", warn=emergency)
+    _event(settings, "inspected", action=plan.action, reason=plan.reason, emergency=emergency)
     if dry_run or plan.action in {"nothing", "wait-grace"}:
-        _report(settings, keys, [*lines, "dry run: nothing changed" if dry_run else "nothing changed"])
+        journal.outcome = "dry run: nothing changed" if dry_run else f"nothing changed: {plan.reason}"
         return plan.action
+    if plan.action in {"rotate", "resume"} and not settings.rotation.approvers:
+        raise RotationBlocked("rotation.approvers is not set, so nobody could approve a new key; none was made and "
+                              "nothing changed. Fix: list who may approve in the settings (rotation.approvers, e.g. "
+                              "SOCFEEDS_ROTATION__APPROVERS='[\"soc-on-call\"]'), then rerun rotate-reader-keys")
     if plan.delete:
-        lines.append(f"deleted keys {delete_keys(aws, settings, list(plan.delete))}")
-        _event(settings, "deleted", keys=list(plan.delete))
+        deleted = delete_keys(aws, settings, list(plan.delete))
+        journal.step(f"{'EMERGENCY: ' if emergency else ''}deleted keys {deleted}", warn=emergency)
+        _event(settings, "deleted", keys=", ".join(deleted), emergency=emergency)
     if plan.action == "delete-expired":
-        _report(settings, keys, lines)
+        journal.outcome = f"deleted keys {list(plan.delete)} after their grace"
         return plan.action
     if plan.action == "finish":  # a crash after promotion: approval and use were already confirmed
         new_key = current_key(aws, settings)
         assert new_key is not None  # the plan saw it
-        old = finish_rotation(aws, settings, new_key)
-        _event(settings, "finished", deactivated=old)
-        _report(settings, keys, [*lines, f"old key {old} deactivated"])
+        finished = finish_rotation(aws, settings, new_key)
+        _finished(journal, finished)
+        _event(settings, "finished", key=new_key, deactivated=finished.old_key, recovered="; ".join(finished.already))
+        journal.outcome = f"finished an interrupted rotation: key {new_key} is AWSCURRENT"
         return plan.action
 
-    new_key = create_pending_key(aws, settings)
-    _event(settings, "created", key=new_key)
+    new_key = create_pending_key(aws, settings, str(flow_run.get_id()))
+    journal.step(f"pending key {new_key} in secret {settings.reader.secret_name} (stage AWSPENDING)")
+    _event(settings, "created", key=new_key, emergency=emergency)
     try_pending_key(aws, settings)
+    journal.step(f"tested: key {new_key} signs in and reads every feed queue")
     _event(settings, "tested", key=new_key)
     try:
-        approvers = _approve(settings, new_key)
-    except (RotationStopped, FlowPauseTimeout) as stop:
+        approvers = _approve(settings, new_key, journal)
+    except (Rejected, FlowPauseTimeout) as stop:
         roll_back(aws, settings, new_key)
-        _event(settings, "rolled-back", key=new_key, reason=stop)
-        _report(settings, keys, [*lines, f"rolled back: new key {new_key} deleted, old key still active ({stop})"])
-        raise RotationStopped(f"rotation rolled back, old key still active: {stop or 'approval timed out'}") from None
+        old = current_key(aws, settings)
+        why = (str(stop) if isinstance(stop, Rejected)
+               else f"approval timed out after {settings.rotation.approval_timeout_seconds} s")
+        journal.step(f"rolled back ({why}): new key {new_key} deleted, AWSPENDING cleared, old key {old} still active")
+        _event(settings, "rolled-back", key=new_key, reason=why)
+        if isinstance(stop, Rejected):
+            _event(settings, "rejected", key=new_key, current=old, approver=stop.answer.approver,
+                   reason=stop.answer.reason or "no reason given")
+            journal.outcome = f"CANCELLED: {why}; rolled back, old key {old} still active"
+            return Cancelled(message=f"rotation {why}. Rolled back: new key {new_key} deleted, old key {old} still "
+                             f"active. If an XSIAM data source already holds {new_key}, put the AWSCURRENT key back "
+                             f"(aws secretsmanager get-secret-value --secret-id {settings.reader.secret_name}). "
+                             "To rotate later: prefect deployment run 'rotate-reader-keys/on-demand'")
+        journal.outcome = f"FAILED: {why}; rolled back, old key {old} still active"
+        raise RotationStopped(f"rotation rolled back, old key {old} still active: {why}. Fix: answer the approval "
+                              "within rotation.approval_timeout_seconds, then rerun rotate-reader-keys") from None
     approved_at = datetime.now(UTC)
     if settings.rotation.require_new_key_in_use:
         used = confirm_key_in_use(aws, settings, new_key, approved_at)
-        lines.append(f"XSIAM used {new_key} against SQS at {used}")
-    old = finish_rotation(aws, settings, new_key)
-    _event(settings, "finished", key=new_key, deactivated=old, approvers=approvers)
-    _report(settings, keys, [*lines, f"new key {new_key} is AWSCURRENT, approved by {', '.join(approvers)}",
-                             f"old key {old} deactivated; deleted after {settings.rotation.grace_days} days"])
+        journal.step(f"XSIAM used key {new_key} against SQS at {_when(used)}")
+    finished = finish_rotation(aws, settings, new_key)
+    _finished(journal, finished)
+    _event(settings, "finished", key=new_key, deactivated=finished.old_key, approvers=", ".join(approvers),
+           recovered="; ".join(finished.already), emergency=emergency)
+    journal.outcome = (f"rotated: key {new_key} is AWSCURRENT, approved by {', '.join(approvers)}; old key "
+                       f"{finished.old_key or '(none)'} inactive, deleted after {settings.rotation.grace_days} days")
     return "rotated"

@@ -3,7 +3,9 @@
 The secret holds {"access_key_id", "secret_access_key"} with the rotation protocol's stages: the
 key XSIAM uses is AWSCURRENT, a new one waits as AWSPENDING until it is approved and seen in use.
 Every step reads the stages first, so a rerun after a crash resumes where it stopped and never
-makes a third key. Only key ids ever leave this module; secret values stay inside the calls.
+makes a third key. A key is created only after the IAM user is tagged with the run making it, so a
+key the secret does not track is deleted only when a run provably made it and nobody used it.
+Only key ids ever leave this module; secret values stay inside the calls.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict
 
 from socfeeds.aws import AwsClients, absent_on
-from socfeeds.settings import RotationPolicy, Settings
+from socfeeds.settings import ReaderSettings, RotationPolicy, Settings
 from tasks._task import aws_task
 from tasks.queues import queue_url
 
 DEACTIVATED_TAG = "socfeeds:deactivated-at:"
+CLAIM_RUN_TAG = "socfeeds:pending-key-run"  # on the IAM user, set before CreateAccessKey: the run making a key
+CLAIM_KEY_TAG = "socfeeds:pending-key"  # set right after: the key id, until the secret holds it
 
 
 class KeyInfo(BaseModel):
@@ -54,6 +58,26 @@ class Plan:
     action: str  # nothing | rotate | resume | finish | delete-expired | wait-grace
     reason: str
     delete: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class KeyClaim:
+    """The user's record of a key being made: the run (before CreateAccessKey), the key id (right after)."""
+
+    run_id: str | None = None
+    key_id: str | None = None
+
+
+NO_CLAIM = KeyClaim()
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What finishing did, and what an earlier attempt had already done (a recovery)."""
+
+    old_key: str | None
+    done: tuple[str, ...]
+    already: tuple[str, ...]
 
 
 class RotationBlocked(RuntimeError):
@@ -93,30 +117,46 @@ def read_secret(aws: AwsClients, secret: str) -> SecretState:
                        previous_key=_key_id(aws, secret, previous) if previous else None)
 
 
+def read_claim(aws: AwsClients, user: str) -> KeyClaim:
+    tags = {t["Key"]: t["Value"] for t in aws.iam.list_user_tags(UserName=user)["Tags"]}
+    return KeyClaim(run_id=tags.get(CLAIM_RUN_TAG) or None, key_id=tags.get(CLAIM_KEY_TAG) or None)
+
+
 def plan_rotation(keys: list[KeyInfo], secret: SecretState, policy: RotationPolicy, now: datetime,
-                  force: bool = False) -> Plan:
-    """What this run should do, from IAM's keys and the secret's stages alone (pure, unit-tested)."""
+                  force: bool = False, *, reader: ReaderSettings, claim: KeyClaim = NO_CLAIM,
+                  emergency: bool = False) -> Plan:
+    """What this run should do, from IAM's keys, the user's claim tags and the secret's stages (pure, unit-tested)."""
     ids = {k.key_id for k in keys}
     if secret.pending_key and secret.pending_key in ids:
+        if secret.pending_key == secret.current_key:
+            return Plan("finish", f"key {secret.pending_key} is already AWSCURRENT but still labelled AWSPENDING "
+                        "(an earlier run stopped while finishing): finishing")
         return Plan("resume", f"key {secret.pending_key} is pending from an earlier run: resuming")
     previous = next((k for k in keys if k.key_id == secret.previous_key and k.status == "Active"), None)
     if previous and secret.current_key in ids:
         return Plan("finish", f"the secret already holds the new key {secret.current_key} but the previous key "
                     f"{previous.key_id} is still active: finishing (deactivating it)")
-    tracked = {secret.current_key, secret.pending_key} - {None}
-    orphans = tuple(k.key_id for k in keys if k.key_id not in tracked and k.status == "Active" and secret.current_key)
     inactive = [k for k in keys if k.status == "Inactive"]
     expired = tuple(k.key_id for k in inactive if k.key_id in secret.deactivated_at
                     and now - secret.deactivated_at[k.key_id] >= timedelta(days=policy.grace_days))
+    if emergency and inactive:
+        notes = "; ".join(_grace_note(k, secret, policy, now) for k in inactive)
+        return Plan("rotate", f"EMERGENCY: deleting inactive key {notes} now, then rotating",
+                    tuple(k.key_id for k in inactive))
     if expired:
+        if force:
+            return Plan("rotate", f"grace of {policy.grace_days} days passed for {list(expired)}: deleting, then "
+                        "rotating (forced)", expired)
         return Plan("delete-expired", f"grace of {policy.grace_days} days passed for {list(expired)}", expired)
     if len(keys) >= 2 and inactive:
         waiting = [k.key_id for k in inactive]
-        return Plan("wait-grace", f"old key {waiting} is inactive, deleted after the {policy.grace_days}-day grace")
+        return Plan("wait-grace", f"old key {waiting} is inactive, deleted after the {policy.grace_days}-day grace. "
+                    "A leaked key cannot wait: prefect deployment run rotate-reader-keys/on-demand "
+                    "--param emergency=true deletes it now and rotates")
     active = [k for k in keys if k.status == "Active"]
-    if len(active) >= 2 and len(orphans) == len(active) - 1 and secret.current_key in ids:
-        return Plan("rotate", f"key {list(orphans)} was created by a crashed run and never handed out: "
-                    "deleting it and starting again", orphans)
+    untracked = [k for k in active if k.key_id not in {secret.current_key, secret.pending_key}]
+    if len(active) >= 2 and secret.current_key in ids and len(untracked) == len(active) - 1:
+        return _leftover(untracked, secret, claim, reader)
     if len(active) >= 2:
         raise RotationBlocked(
             f"{[k.key_id for k in active]} are both active and the secret does not say which one XSIAM uses. "
@@ -125,13 +165,50 @@ def plan_rotation(keys: list[KeyInfo], secret: SecretState, policy: RotationPoli
     if not active:
         return Plan("rotate", "the reader has no active key")
     age = active[0].age_days
-    if force or age >= policy.max_key_age_days:
-        return Plan("rotate", f"key {active[0].key_id} is {age:.0f} days old (max {policy.max_key_age_days})"
-                    if not force else "rotation forced")
+    if force or emergency:
+        return Plan("rotate", "EMERGENCY rotation" if emergency else "rotation forced")
+    if age >= policy.max_key_age_days:
+        return Plan("rotate", f"key {active[0].key_id} is {age:.0f} days old (max {policy.max_key_age_days})")
     if age >= policy.warn_age_days:
         return Plan("nothing", f"key {active[0].key_id} is {age:.0f} days old: rotation due at "
                     f"{policy.max_key_age_days} days")
     return Plan("nothing", f"key {active[0].key_id} is {age:.0f} days old; nothing due")
+
+
+def _grace_note(key: KeyInfo, secret: SecretState, policy: RotationPolicy, now: datetime) -> str:
+    deactivated = secret.deactivated_at.get(key.key_id)
+    if deactivated is None:
+        return f"{key.key_id} (deactivated outside socfeeds, time unknown)"
+    days = (now - deactivated).total_seconds() / 86_400
+    return f"{key.key_id} (deactivated {days:.1f} days ago, grace {policy.grace_days} days)"
+
+
+def _leftover(untracked: list[KeyInfo], secret: SecretState, claim: KeyClaim, reader: ReaderSettings) -> Plan:
+    """Delete an active key the secret does not track only when a run provably made it and nobody used it."""
+    user, name = reader.user_name, reader.secret_name
+    for key in untracked:
+        fix = (f"Fix: ask the SOC which access key id their XSIAM Amazon S3 data sources hold. If {key.key_id}: "
+               f"store it in secret {name} as AWSCURRENT (aws secretsmanager put-secret-value --secret-id {name} "
+               "--secret-string file://key.json, the file holding {\"access_key_id\", \"secret_access_key\"}) and "
+               f"deactivate {secret.current_key} (aws iam update-access-key --user-name {user} --access-key-id "
+               f"{secret.current_key} --status Inactive). If not: deactivate it (aws iam update-access-key --user-name "
+               f"{user} --access-key-id {key.key_id} --status Inactive) and delete it once nothing breaks (aws iam "
+               f"delete-access-key --user-name {user} --access-key-id {key.key_id}). Then rerun rotate-reader-keys")
+        if key.last_used:
+            raise RotationBlocked(
+                f"key {key.key_id} on IAM user {user} is active and IAM reports it used at {key.last_used} "
+                f"({key.last_service or 'unknown service'}), but secret {name} does not track it: someone holds it, "
+                f"so it was not deleted and nothing changed. {fix}")
+        if key.key_id != claim.key_id:
+            crashed = (f" Run {claim.run_id} was making a key when it stopped (user tag {CLAIM_RUN_TAG}): if nobody "
+                       f"made {key.key_id} by hand, it is that run's and may be deleted." if claim.run_id else "")
+            raise RotationBlocked(
+                f"key {key.key_id} on IAM user {user} is active, but secret {name} does not track it and no socfeeds "
+                f"run recorded making it (made by a person?). XSIAM may be using it, so it was not deleted and "
+                f"nothing changed.{crashed} {fix}")
+    return Plan("rotate", f"key {[k.key_id for k in untracked]} was made by run {claim.run_id}, which stopped before "
+                "storing it in the secret, and was never used: deleting it and starting again",
+                tuple(k.key_id for k in untracked))
 
 
 def current_key(aws: AwsClients, settings: Settings) -> str | None:
@@ -147,10 +224,12 @@ def user_keys(aws: AwsClients, settings: Settings) -> list[KeyInfo]:
 
 
 @aws_task("inspect-reader-keys", per_feed=False, retries=3)
-def inspect_keys(aws: AwsClients, settings: Settings, force: bool) -> tuple[list[KeyInfo], Plan]:
-    now = datetime.now(UTC)
-    keys = read_keys(aws, settings.reader.user_name, now)
-    return keys, plan_rotation(keys, read_secret(aws, settings.reader.secret_name), settings.rotation, now, force)
+def inspect_keys(aws: AwsClients, settings: Settings, force: bool, emergency: bool = False
+                 ) -> tuple[list[KeyInfo], Plan]:
+    now, user = datetime.now(UTC), settings.reader.user_name
+    keys = read_keys(aws, user, now)
+    return keys, plan_rotation(keys, read_secret(aws, settings.reader.secret_name), settings.rotation, now, force,
+                               reader=settings.reader, claim=read_claim(aws, user), emergency=emergency)
 
 
 @aws_task("delete-keys", per_feed=False, retries=3)
@@ -163,18 +242,25 @@ def delete_keys(aws: AwsClients, settings: Settings, key_ids: list[str]) -> list
 
 
 @aws_task("create-pending-key", per_feed=False, retries=3)
-def create_pending_key(aws: AwsClients, settings: Settings) -> str:
-    """A new key stored straight into the secret as AWSPENDING; an existing pending key is reused."""
-    secret_name = settings.reader.secret_name
+def create_pending_key(aws: AwsClients, settings: Settings, run_id: str) -> str:
+    """A new key stored straight into the secret as AWSPENDING; an existing pending key is reused.
+
+    The user is tagged with run_id before the key exists and with its id right after, so a crash
+    before the secret holds it leaves proof that a rerun may delete it (see plan_rotation).
+    """
+    secret_name, user = settings.reader.secret_name, settings.reader.user_name
     state = read_secret(aws, secret_name)
     if state.pending_key:
         return state.pending_key
     if not state.exists:
         aws.secrets.create_secret(Name=secret_name, Description="XSIAM reader access key (socfeeds rotation)")
-    key = aws.iam.create_access_key(UserName=settings.reader.user_name)["AccessKey"]
+    aws.iam.tag_user(UserName=user, Tags=[{"Key": CLAIM_RUN_TAG, "Value": run_id}, {"Key": CLAIM_KEY_TAG, "Value": ""}])
+    key = aws.iam.create_access_key(UserName=user)["AccessKey"]
+    aws.iam.tag_user(UserName=user, Tags=[{"Key": CLAIM_KEY_TAG, "Value": key["AccessKeyId"]}])
     value = json.dumps({"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]})
     aws.secrets.put_secret_value(SecretId=secret_name, SecretString=value, VersionStages=["AWSPENDING"],
                                  ClientRequestToken=str(uuid.uuid4()))
+    aws.iam.untag_user(UserName=user, TagKeys=[CLAIM_RUN_TAG, CLAIM_KEY_TAG])  # the secret tracks it now
     return str(key["AccessKeyId"])
 
 
@@ -230,22 +316,52 @@ def confirm_key_in_use(aws: AwsClients, settings: Settings, key_id: str, approve
 
 
 @aws_task("finish-rotation", per_feed=False, retries=3)
-def finish_rotation(aws: AwsClients, settings: Settings, new_key: str) -> str | None:
-    """Promote the pending version, then deactivate the old key (deleted after the grace period)."""
-    secret_name = settings.reader.secret_name
+def finish_rotation(aws: AwsClients, settings: Settings, new_key: str) -> Finished:
+    """Promote the pending version, then deactivate the old key (deleted after the grace period).
+
+    Every step checks first, so a rerun after a crash (or a key someone already deleted) finishes
+    instead of failing, and says what was already done.
+    """
+    secret_name, user = settings.reader.secret_name, settings.reader.user_name
     state = read_secret(aws, secret_name)
-    old = state.current_key if state.current_key != new_key else state.previous_key
-    if state.pending_key == new_key and state.pending_version:
+    done: list[str] = []
+    already: list[str] = []
+    if state.current_key == new_key:
+        already.append(f"AWSCURRENT was already on key {new_key}")
+        old = state.previous_key
+    elif state.pending_key == new_key and state.pending_version:
         move: dict[str, Any] = {"RemoveFromVersionId": state.current_version} if state.current_version else {}
         aws.secrets.update_secret_version_stage(SecretId=secret_name, VersionStage="AWSCURRENT",
                                                 MoveToVersionId=state.pending_version, **move)
+        done.append(f"AWSCURRENT moved to key {new_key}")
+        old = state.current_key
+    else:
+        raise RotationBlocked(
+            f"key {new_key} is neither AWSCURRENT nor AWSPENDING in secret {secret_name}, so it was not promoted and "
+            f"the old key stays active. Fix: check the secret's stages (aws secretsmanager describe-secret --secret-id "
+            f"{secret_name}); if XSIAM already uses {new_key}, store it as AWSCURRENT, then rerun rotate-reader-keys")
+    if state.pending_version:
         aws.secrets.update_secret_version_stage(SecretId=secret_name, VersionStage="AWSPENDING",
                                                 RemoveFromVersionId=state.pending_version)
-    if old:
-        aws.iam.update_access_key(UserName=settings.reader.user_name, AccessKeyId=old, Status="Inactive")
+        done.append("AWSPENDING cleared")
+    if not old or old == new_key:
+        return Finished(None, tuple(done), tuple(already))
+    status = {k["AccessKeyId"]: k["Status"] for k in aws.iam.list_access_keys(UserName=user)["AccessKeyMetadata"]
+              }.get(old)
+    if status == "Inactive":
+        already.append(f"old key {old} was already inactive")
+    elif status and absent_on({"NoSuchEntity"}, aws.iam.update_access_key, UserName=user, AccessKeyId=old,
+                              Status="Inactive") is not None:
+        done.append(f"old key {old} deactivated")
+    else:
+        already.append(f"old key {old} was already deleted")
+        absent_on({"ResourceNotFoundException"}, aws.secrets.untag_resource, SecretId=secret_name,
+                  TagKeys=[DEACTIVATED_TAG + old])
+        return Finished(None, tuple(done), tuple(already))
+    if old not in state.deactivated_at:  # the grace counts from the first deactivation
         aws.secrets.tag_resource(SecretId=secret_name, Tags=[
             {"Key": DEACTIVATED_TAG + old, "Value": datetime.now(UTC).isoformat()}])
-    return old
+    return Finished(old, tuple(done), tuple(already))
 
 
 @aws_task("roll-back-rotation", per_feed=False, retries=3)
