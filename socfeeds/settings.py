@@ -652,6 +652,9 @@ class Settings(BaseSettings):
         known = [*self.s3_feeds, *self.firehose_feeds]
         if names is None:
             return known
+        if not names:
+            raise ValueError("feeds: an empty list selects no feed, so the run would check nothing; leave feeds out "
+                             f"for every feed, or name some of {sorted(known)}")
         unknown = sorted(set(names) - set(known))
         if unknown:
             raise ValueError(f"feeds: unknown feed(s) {unknown}; known: {sorted(known)}")

@@ -36,6 +36,8 @@ def test_schedules_are_cron_in_london_and_parameters_enforced() -> None:
             assert schedule["timezone"] == "Europe/London" and len(schedule["cron"].split()) == 5
         flow = flow_of(deployment["entrypoint"])
         assert set(deployment.get("parameters", {})) <= set(flow.parameters.properties)
+        if deployment.get("schedules"):  # the UI shows no time zone for a schedule: the description says it
+            assert deployment["description"].endswith("Europe/London.")
     weekly = next(d for d in deployments() if d["name"] == "weekly")
     assert weekly["parameters"] == {"dry_run": False, "force": False}
 

@@ -130,6 +130,8 @@ def test_feed_selection_refuses_unknown_names() -> None:
     assert s.select_feeds(["eks-control-plane", "cloudtrail"]) == ["cloudtrail", "eks-control-plane"]
     with pytest.raises(ValueError, match=r"unknown feed\(s\) \['cloudtrial'\]; known: \['application-logs'"):
         s.select_feeds(["cloudtrial"])
+    with pytest.raises(ValueError, match=r"feeds: an empty list selects no feed, so the run would check nothing"):
+        s.select_feeds([])
 
 
 def test_secret_values_do_not_show_in_repr() -> None:
