@@ -29,6 +29,7 @@ from socfeeds.settings import LOG_TYPE_DATASETS, FirehoseFeed, RdsLogsSource, S3
 from tasks._task import aws_task
 from tasks.firehose import backed_up_records
 from tasks.iam import granted_statements
+from tasks.notifications import notifies
 from tasks.queues import queue_url
 from tasks.roles import check_role, ensure_role
 from tasks.xql import XqlClient, XqlError
@@ -221,10 +222,41 @@ def _canary_s3(aws: AwsClients, writer: AwsClients, xql: XqlClient | None, setti
     try:
         if feed.canary_strategy == "queue":
             return _confirm_queue(aws, feed, obj.key, deadline, outcome)
-        return _confirm_siem(xql, LOG_TYPE_DATASETS[feed.log_type], marker, since_ms, deadline, outcome, feed)
+        result = _confirm_siem(xql, LOG_TYPE_DATASETS[feed.log_type], marker, since_ms, deadline, outcome, feed)
+        if result.leg != "collection" or not result.detail.startswith("not in "):
+            return result  # passed, or XSIAM could not be asked: nothing to narrow down
+        return _diagnose_s3(aws, settings, feed, obj.key, outcome) or result
     finally:
         with contextlib.suppress(ClientError, BotoCoreError):  # lifecycle expiry covers a failed delete
             writer.s3.delete_object(Bucket=feed.bucket, Key=obj.key)
+
+
+def _diagnose_s3(aws: AwsClients, settings: Settings, feed: S3Feed, key: str, outcome: Outcome) -> CanaryResult | None:
+    """XSIAM never showed the marker: find the leg that broke, read-only, never touching a message. The object
+    (written?), the notification (present, aimed at the queue, not filtered away from the key?), then the
+    queues (dead-lettered, waiting, or consumed). None when nothing more specific is known."""
+    try:
+        aws.s3.head_object(Bucket=feed.bucket, Key=key)
+    except ClientError:
+        return outcome.failed("write", f"s3://{feed.bucket}/{key} is not in the bucket although PutObject succeeded",
+                              "check the bucket's lifecycle rules and who may delete under socfeeds-canary/")
+    queue_arn = Arns(settings.region, settings.account_id).queue(feed.queue)
+    if not notifies(aws, feed.bucket, queue_arn, key):
+        return outcome.failed("notification", f"s3://{feed.bucket} has no notification of new objects like {key} "
+                              f"to {feed.queue}, so XSIAM was never told", "run verify-feeds (notification), then "
+                              "provision-feeds restores it")
+    url, dlq = queue_url(aws, feed.queue), queue_url(aws, feed.dlq_name)
+    counts = {name: int(aws.sqs.get_queue_attributes(QueueUrl=u, AttributeNames=[
+        "ApproximateNumberOfMessages"])["Attributes"]["ApproximateNumberOfMessages"]) for name, u in
+        (("queue", url), ("dlq", dlq)) if u}
+    if counts.get("dlq"):
+        return outcome.failed("collection", f"{counts['dlq']} messages in {feed.dlq_name}: XSIAM received the "
+                              "notifications and failed them", "check the reader's s3:GetObject/kms:Decrypt grants "
+                              "(verify-feeds) and the data source's errors in XSIAM, then redrive the DLQ")
+    if counts.get("queue"):
+        return outcome.failed("collection", f"{counts['queue']} messages waiting on {feed.queue}: XSIAM is not "
+                              "reading the queue", "check the XSIAM data source's status and the reader key it holds")
+    return None
 
 
 def _confirm_queue(aws: AwsClients, feed: S3Feed, key: str, deadline: float, outcome: Outcome) -> CanaryResult:

@@ -150,6 +150,19 @@ def _ensure_bucket_notification(aws: AwsClients, settings: Settings, feed_name: 
     return changes.changes
 
 
+def notifies(aws: AwsClients, bucket: str, queue_arn: str, key: str) -> bool:
+    """Whether a new object at `key` would be announced on the queue (an entry for object-created events whose
+    prefix and suffix filters match the key)."""
+    if not bucket_exists(aws, bucket):
+        return False
+    for entry in read_configuration(aws, bucket).get("QueueConfigurations", []):
+        rules = _filter_rules(entry)
+        if entry.get("QueueArn") == queue_arn and _is_object_created(entry) and key.startswith(
+                rules.get("prefix", "")) and key.endswith(rules.get("suffix", "")):
+            return True
+    return False
+
+
 def _hides_logs(entry: dict[str, Any], feed_name: str, feed: S3Feed, account_id: str) -> str | None:
     """A filter that keeps real log keys, or the canary's own prefix, away from the queue."""
     rules = _filter_rules(entry)

@@ -134,8 +134,9 @@ def test_faults_in_several_feeds_are_each_caught_at_their_leg_by_the_deadline(
 
     ok, results = run()
     assert not ok
-    assert (results["cloudtrail"].status, results["cloudtrail"].leg) == ("failed", "collection")
-    assert "within 6 s" in results["cloudtrail"].detail and "verify-feeds" in results["cloudtrail"].fix
+    assert (results["cloudtrail"].status, results["cloudtrail"].leg) == ("failed", "notification")
+    assert "has no notification of new objects" in results["cloudtrail"].detail
+    assert "provision-feeds restores it" in results["cloudtrail"].fix
     assert results["vpc-flow-logs"].leg == "collection"
     assert results[EKS].leg == "delivery" and "no backup" in results[EKS].detail
     assert results["application-logs"].passed and results["route53-resolver"].passed
