@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from deployments.alerts import apply_alerts
-from socfeeds.settings import Settings
+from socfeeds.settings import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def deploy(settings: Settings) -> list[str]:
 
 def main() -> int:
     try:
-        for line in deploy(Settings()):
+        for line in deploy(load_settings()):
             print(line, flush=True)
     except (DeployFailed, ValueError) as error:
         print(f"deploy stopped: {error}", file=sys.stderr)

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from socfeeds.aws import AwsClients
 from socfeeds.report import markdown_table, render_table, table_rows
 from socfeeds.resolve import resolve
-from socfeeds.settings import Settings
+from socfeeds.settings import Settings, load_settings
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -52,7 +52,7 @@ class Run:
 
 def start_run(feed_names: list[str] | None) -> Run:
     """Validate settings and the feed selection before any AWS call, then resolve what only AWS knows."""
-    settings = Settings()  # values come from the environment and the settings file
+    settings = load_settings()  # values come from the environment and the settings file
     feeds = settings.select_feeds(feed_names)
     aws = AwsClients.from_settings(settings)
     return Run(settings=resolve(settings, aws), feeds=feeds, aws=aws)

@@ -7,16 +7,17 @@ settings file named by `SOCFEEDS_SETTINGS_FILE` (JSON or TOML). Names may use th
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
 from functools import cache
 from pathlib import Path
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlparse
 
 import boto3
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
@@ -704,3 +705,37 @@ def log_key_prefix(feed: S3Feed, account_id: str) -> str:
     if feed.source is None:
         return ""
     return f"AWSLogs/{account_id}/"
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used: every invalid field, where it came from, and the nearest valid name."""
+
+
+def load_settings() -> Settings:
+    """Settings from the environment and the settings file, or a SettingsError an on-call engineer can act on:
+    each invalid field named (with the file it came from), no library links, a typo answered with the nearest
+    valid field name."""
+    try:
+        return Settings()
+    except ValidationError as invalid:
+        source = os.environ.get(SETTINGS_FILE_ENV)
+        where = f"settings file {source}" if source else "SOCFEEDS_* environment variables"
+        lines = [_explain(error) for error in invalid.errors(include_url=False)]
+        raise SettingsError(f"{len(lines)} invalid setting(s) in {where} (or the environment):\n"
+                            + "\n".join(f"- {line}" for line in lines)) from None
+
+
+def _explain(error: Any) -> str:
+    path = ".".join(str(part) for part in error["loc"])
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        model: type[BaseModel] | None = Settings
+        for part in error["loc"][:-1]:  # walk to the model the unknown name was given in
+            field = model.model_fields.get(str(part)) if model else None
+            annotation = getattr(field, "annotation", None)
+            model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+        names = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(error["loc"][-1]), names, n=1)
+        return f"{path}: not a setting" + (f"; did you mean {'.'.join([*map(str, error['loc'][:-1]), close[0]])}?"
+                                           if close else "")
+    return f"{path}: {message}" if path else message

@@ -149,3 +149,20 @@ def test_the_alert_webhook_is_a_secret_even_when_it_is_wrong() -> None:
     assert "alerts.webhook_url" in str(raised.value) and "must be an https:// URL" in str(raised.value)
     assert "hook-credential" not in str(raised.value)
     assert settings(alerts={"webhook_url": "http://127.0.0.1:8080/hook"}).alerts.webhook_url is not None
+
+
+def test_settings_errors_name_every_field_the_file_and_the_nearest_name(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from socfeeds.settings import SettingsError, load_settings
+
+    path = tmp_path / "socfeeds.json"
+    path.write_text(json.dumps({**BASE, "regoin": "eu-west-2", "reader": {"user_nmae": "x"},
+                                "backlog": {"max_visible_messages": -1}}))
+    monkeypatch.setenv(SETTINGS_FILE_ENV, str(path))
+    with pytest.raises(SettingsError) as refused:
+        load_settings()
+    text = str(refused.value)
+    assert f"3 invalid setting(s) in settings file {path}" in text
+    assert "regoin: not a setting; did you mean region?" in text
+    assert "reader.user_nmae: not a setting; did you mean reader.user_name?" in text
+    assert "backlog.max_visible_messages" in text and "errors.pydantic.dev" not in text
