@@ -306,7 +306,7 @@ def _canary_firehose(aws: AwsClients, writer: AwsClients, xql: XqlClient | None,
         writer.logs.put_log_events(logGroupName=feed.log_group, logStreamName=stream, logEvents=[
             {"timestamp": int(now.timestamp() * 1000), "message": formats.eks_audit_event(marker, now)}])
     except (ClientError, BotoCoreError) as error:
-        _delete_stream(writer, feed, stream)
+        delete_canary_stream(writer, feed.log_group, stream)
         return outcome.failed("write", f"PutLogEvents {feed.log_group}:{stream}: {error}",
                               "run verify-feeds (log group) and check the canary writer role (provision-feeds)")
     outcome.written_at = time.monotonic()
@@ -324,10 +324,11 @@ def _canary_firehose(aws: AwsClients, writer: AwsClients, xql: XqlClient | None,
                              outcome.written_at + feed.canary_deadline_seconds, outcome, feed, also=backed_up,
                              missing_leg="delivery")
     finally:  # once confirmed (or given up on) the stream has served its purpose: none is left behind
-        _delete_stream(writer, feed, stream)
+        delete_canary_stream(writer, feed.log_group, stream)
 
 
-def _delete_stream(writer: AwsClients, feed: FirehoseFeed, stream: str) -> None:
+def delete_canary_stream(writer: AwsClients, group: str, stream: str) -> None:
+    """The canary's own log stream, once used; a failed delete only leaves that stream behind, so it is not fatal."""
     with contextlib.suppress(ClientError, BotoCoreError):
-        writer.logs.delete_log_stream(logGroupName=feed.log_group, logStreamName=stream)
+        writer.logs.delete_log_stream(logGroupName=group, logStreamName=stream)
 

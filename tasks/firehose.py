@@ -57,10 +57,10 @@ def error_bucket(feed: FirehoseFeed, settings: Settings) -> BucketSpec:
                       settings.omit_conditional_denies, settings.region, settings.account_id, key_users=(writer,))
 
 
-def stream_encryption(feed: FirehoseFeed) -> dict[str, str]:
+def stream_encryption(kms_key_arn: str | None) -> dict[str, str]:
     """Encrypted at rest always: the customer key when declared, else an AWS-owned key (free, no key policy)."""
-    if feed.kms_key_arn:
-        return {"KeyType": "CUSTOMER_MANAGED_CMK", "KeyARN": feed.kms_key_arn}
+    if kms_key_arn:
+        return {"KeyType": "CUSTOMER_MANAGED_CMK", "KeyARN": kms_key_arn}
     return {"KeyType": "AWS_OWNED_CMK"}
 
 
@@ -458,7 +458,7 @@ def ensure_delivery_stream(aws: AwsClients, settings: Settings, feed_name: str, 
     place (a second one would double every event); otherwise error bucket, error logging, role, declared stream."""
     feed = settings.firehose_feeds[feed_name]
     estate = read_estate(aws, settings, feed)
-    encryption = stream_encryption(feed)
+    encryption = stream_encryption(feed.kms_key_arn)
     if estate.adopted:
         assert estate.description is not None  # a stream is adopted because its description delivers to the URL
         changes = ChangesFor(feed_name, f"firehose:{estate.stream}", dry_run)
@@ -601,7 +601,7 @@ def check_delivery_stream(aws: AwsClients, settings: Settings, feed_name: str) -
                  stream_drift(stream, http_destination(feed, settings, estate.url, secret_arn or ""),
                               backup_configuration(feed, settings)))
         check.expect("declared settings", not drift, f"differs: {', '.join(drift)}" if drift else "as declared", FIX)
-        encryption = stream_encryption(feed)
+        encryption = stream_encryption(feed.kms_key_arn)
         unencrypted = encryption_drift(stream, encryption, any_key=estate.adopted and not feed.kms_key_arn)
         check.expect("encryption at rest", not unencrypted, unencrypted or
                      f"{(stream.get('DeliveryStreamEncryptionConfiguration') or {}).get('KeyType')} as declared", FIX)

@@ -26,7 +26,7 @@ from socfeeds.arns import Arns
 from socfeeds.aws import AwsClients, absent_on, until_accepted
 from socfeeds.report import ChangesFor, FindingsFor, Status
 from socfeeds.settings import LOG_TYPE_DATASETS, CloudFrontSource, RdsLogsSource, S3Feed, Settings
-from tasks.canary import CanaryResult, Outcome, find_in_siem, marker_for
+from tasks.canary import CanaryResult, Outcome, delete_canary_stream, find_in_siem, marker_for
 from tasks.firehose import (
     ERROR_LOG_STREAM,
     IAM_PROPAGATION,
@@ -35,6 +35,7 @@ from tasks.firehose import (
     _wait_active,
     describe_stream,
     encryption_drift,
+    stream_encryption,
 )
 from tasks.roles import check_role, ensure_role
 from tasks.sources import check_source_wiring, ensure_source_wiring
@@ -72,13 +73,6 @@ def s3_destination(source: RdsLogsSource, feed: S3Feed, settings: Settings, stre
         "CloudWatchLoggingOptions": {"Enabled": True, "LogGroupName": error_log_group(stream),
                                      "LogStreamName": ERROR_LOG_STREAM},
     }
-
-
-def stream_encryption(feed: S3Feed) -> dict[str, str]:
-    """Encrypted at rest: the feed's key when it has one, else an AWS-owned key (as the EKS feed's stream)."""
-    if feed.kms_key_arn:
-        return {"KeyType": "CUSTOMER_MANAGED_CMK", "KeyARN": feed.kms_key_arn}
-    return {"KeyType": "AWS_OWNED_CMK"}
 
 
 def firehose_role_policy(source: RdsLogsSource, feed: S3Feed, settings: Settings, stream: str) -> policies.Document:
@@ -190,7 +184,7 @@ def _ensure_stream(aws: AwsClients, settings: Settings, feed: S3Feed, spec: RdsL
     _ensure_log_group(aws, changes, error_log_group(stream), ERROR_LOG_RETENTION_DAYS, stream=ERROR_LOG_STREAM)
     ensure_role(aws, changes, spec.firehose_role, policies.firehose_role_trust(settings.account_id),
                 firehose_role_policy(spec, feed, settings, stream), f"Firehose {stream} to s3://{feed.bucket}")
-    wanted, encryption = s3_destination(spec, feed, settings, stream), stream_encryption(feed)
+    wanted, encryption = s3_destination(spec, feed, settings, stream), stream_encryption(feed.kms_key_arn)
     if current is None:
         def create() -> None:
             until_accepted(aws.firehose.create_delivery_stream, {
@@ -237,7 +231,7 @@ def _(source: RdsLogsSource, aws: AwsClients, settings: Settings, feed: S3Feed, 
         drift = stream_drift(current, s3_destination(spec, feed, settings, stream))
         check.expect("stream destination", not drift, f"differs: {', '.join(drift)}" if drift else
                      f"s3://{feed.bucket}/{spec.key_prefix}/, uncompressed CloudWatch Logs payloads, as declared", FIX)
-        encryption = stream_encryption(feed)
+        encryption = stream_encryption(feed.kms_key_arn)
         note = encryption_drift(current, encryption)
         check.expect("stream encryption at rest", not note, note or f"{encryption['KeyType']} as declared", FIX)
     check_role(aws, check, spec.firehose_role, policies.firehose_role_trust(settings.account_id),
@@ -285,7 +279,7 @@ def canary_rds(aws: AwsClients, writer: AwsClients, xql: XqlClient | None, setti
         writer.logs.put_log_events(logGroupName=group, logStreamName=stream,
                                    logEvents=[{"timestamp": int(now.timestamp() * 1000), "message": line}])
     except (ClientError, BotoCoreError) as error:
-        _delete_stream(writer, group, stream)
+        delete_canary_stream(writer, group, stream)
         return outcome.failed("write", f"PutLogEvents {group}:{stream}: {error}",
                               "run verify-feeds (log group) and check the canary writer role's grant on "
                               f"{policies.RDS_CANARY_STREAM_PREFIX}* streams of {group}")
@@ -311,7 +305,7 @@ def canary_rds(aws: AwsClients, writer: AwsClients, xql: XqlClient | None, setti
         return outcome.failed("collection", f"could not ask XSIAM: {error}",
                               "check the XSIAM tenant's status and the API key; the feed itself may be fine")
     finally:
-        _delete_stream(writer, group, stream)
+        delete_canary_stream(writer, group, stream)
 
 
 def _object_with(aws: AwsClients, feed: S3Feed, spec: RdsLogsSource, marker: str, since: datetime) -> str | None:
@@ -325,11 +319,6 @@ def _object_with(aws: AwsClients, feed: S3Feed, spec: RdsLogsSource, marker: str
             if any(marker in str(r.get("message")) for r in formats.cloudwatch_payload_records(text)):
                 return str(obj["Key"])
     return None
-
-
-def _delete_stream(writer: AwsClients, group: str, stream: str) -> None:
-    with contextlib.suppress(ClientError, BotoCoreError):
-        writer.logs.delete_log_stream(logGroupName=group, logStreamName=stream)
 
 
 # --- CloudFront (standard logging v2) --------------------------------------------------------
