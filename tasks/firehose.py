@@ -163,7 +163,7 @@ def stream_drift(description: dict[str, Any], wanted: dict[str, Any], backup: di
     return drift
 
 
-def _wait_active(aws: AwsClients, name: str, deadline_s: float = 300) -> None:
+def wait_active(aws: AwsClients, name: str, deadline_s: float = 300) -> None:
     deadline, pause = time.monotonic() + deadline_s, 0.5
     while (describe_stream(aws, name) or {}).get("DeliveryStreamStatus") != "ACTIVE":
         if time.monotonic() > deadline:
@@ -346,14 +346,14 @@ def _enabled_types(aws: AwsClients, cluster: str) -> set[str]:
     return {t for entry in logging.get("clusterLogging", []) if entry.get("enabled") for t in entry.get("types", [])}
 
 
-def _log_group(aws: AwsClients, name: str) -> dict[str, Any] | None:
+def read_log_group(aws: AwsClients, name: str) -> dict[str, Any] | None:
     groups = aws.logs.describe_log_groups(logGroupNamePrefix=name).get("logGroups", [])
     return next((dict(g) for g in groups if g.get("logGroupName") == name), None)
 
 
-def _ensure_log_group(aws: AwsClients, changes: ChangesFor, name: str, retention_days: int | None,
+def ensure_log_group(aws: AwsClients, changes: ChangesFor, name: str, retention_days: int | None,
                       stream: str | None = None) -> None:
-    group = _log_group(aws, name)
+    group = read_log_group(aws, name)
     if group is None:
         changes.make("create log group", name, lambda: aws.logs.create_log_group(logGroupName=name))
     if retention_days and (group or {}).get("retentionInDays") != retention_days:
@@ -386,7 +386,7 @@ def ensure_cluster_logging(aws: AwsClients, settings: Settings, feed_name: str, 
                 time.sleep(5)
 
         changes.make("enable control-plane logging", ", ".join(missing), enable)
-    _ensure_log_group(aws, changes, feed.log_group, feed.log_retention_days)
+    ensure_log_group(aws, changes, feed.log_group, feed.log_retention_days)
     return changes.changes
 
 
@@ -400,7 +400,7 @@ def check_cluster_logging(aws: AwsClients, settings: Settings, feed_name: str) -
         return check.findings
     off = sorted(set(feed.log_types) - _enabled_types(aws, str(feed.cluster_name)))
     check.expect("control-plane logging", not off, f"off: {', '.join(off)}" if off else "all declared types on", FIX)
-    group = _log_group(aws, feed.log_group)
+    group = read_log_group(aws, feed.log_group)
     check.expect("log group", group is not None and group.get("retentionInDays") == feed.log_retention_days,
                  f"{feed.log_group} retention {group.get('retentionInDays') if group else 'missing'} "
                  f"(settings: {feed.log_retention_days})", FIX)
@@ -479,7 +479,7 @@ def ensure_delivery_stream(aws: AwsClients, settings: Settings, feed_name: str, 
     bucket_changes = ChangesFor(feed_name, f"s3://{feed.error_bucket}", dry_run)
     ensure_bucket_state(aws, error_bucket(feed, settings), bucket_changes)
     changes = ChangesFor(feed_name, f"firehose:{feed.delivery_stream}", dry_run)
-    _ensure_log_group(aws, changes, feed.error_log_group, feed.error_log_retention_days, stream=ERROR_LOG_STREAM)
+    ensure_log_group(aws, changes, feed.error_log_group, feed.error_log_retention_days, stream=ERROR_LOG_STREAM)
     _ensure_role_in_use(aws, changes, feed.firehose_role, feed.firehose_role,
                         policies.firehose_role_trust(settings.account_id),
                         firehose_role_policy(feed, settings, secret_arn), _firehose_purpose(feed))
@@ -493,7 +493,7 @@ def ensure_delivery_stream(aws: AwsClients, settings: Settings, feed_name: str, 
                 "HttpEndpointDestinationConfiguration": {**wanted, "S3Configuration": backup},
                 "DeliveryStreamEncryptionConfigurationInput": encryption,
             }, IAM_PROPAGATION)
-            _wait_active(aws, feed.delivery_stream)
+            wait_active(aws, feed.delivery_stream)
 
         changes.make("create delivery stream", f"HTTP endpoint (GZIP, {feed.buffering_mib} MiB / "
                      f"{feed.buffering_seconds} s, retry {feed.retry_seconds} s, failed data to "
@@ -616,7 +616,7 @@ def check_delivery_stream(aws: AwsClients, settings: Settings, feed_name: str) -
         _check_failed_deliveries(aws, feed, backup_bucket, str(logging.get("LogGroupName", "the stream's error")),
                                  secret_id, backups)
         return check.findings + backups.findings
-    group = _log_group(aws, feed.error_log_group)
+    group = read_log_group(aws, feed.error_log_group)
     retention = group.get("retentionInDays") if group else "missing"
     check.expect("error log retention", retention == feed.error_log_retention_days,
                  f"{feed.error_log_group}: {retention} days (settings: {feed.error_log_retention_days})", FIX)

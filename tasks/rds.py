@@ -30,12 +30,12 @@ from tasks.canary import CanaryResult, Outcome, delete_canary_stream, find_in_si
 from tasks.firehose import (
     ERROR_LOG_STREAM,
     IAM_PROPAGATION,
-    _ensure_log_group,
-    _log_group,
-    _wait_active,
     describe_stream,
     encryption_drift,
+    ensure_log_group,
+    read_log_group,
     stream_encryption,
+    wait_active,
 )
 from tasks.roles import check_role, ensure_role
 from tasks.sources import check_source_wiring, ensure_source_wiring
@@ -160,7 +160,7 @@ def _(source: RdsLogsSource, aws: AwsClients, settings: Settings, feed: S3Feed, 
                 policies.logs_role_policy(arns.delivery_stream(stream)), f"CloudWatch Logs to {stream}")
     wanted = wanted_filter(spec, settings, stream)
     for group in spec.log_groups:
-        _ensure_log_group(aws, changes, group, spec.log_retention_days)  # adopted, or made before RDS exports to it
+        ensure_log_group(aws, changes, group, spec.log_retention_days)  # adopted, or made before RDS exports to it
         filters = _filters(aws, group)
         current = feeding_filter(filters, wanted["destinationArn"], spec.filter_name(group))
         if current is not None and all(current.get(k) == v for k, v in wanted.items()):
@@ -181,7 +181,7 @@ def _ensure_stream(aws: AwsClients, settings: Settings, feed: S3Feed, spec: RdsL
     bucket_arn = Arns(settings.region, settings.account_id).bucket(feed.bucket)
     current = find_stream(aws, spec, bucket_arn)
     stream = str(current["DeliveryStreamName"]) if current else spec.delivery_stream
-    _ensure_log_group(aws, changes, error_log_group(stream), ERROR_LOG_RETENTION_DAYS, stream=ERROR_LOG_STREAM)
+    ensure_log_group(aws, changes, error_log_group(stream), ERROR_LOG_RETENTION_DAYS, stream=ERROR_LOG_STREAM)
     ensure_role(aws, changes, spec.firehose_role, policies.firehose_role_trust(settings.account_id),
                 firehose_role_policy(spec, feed, settings, stream), f"Firehose {stream} to s3://{feed.bucket}")
     wanted, encryption = s3_destination(spec, feed, settings, stream), stream_encryption(feed.kms_key_arn)
@@ -191,7 +191,7 @@ def _ensure_stream(aws: AwsClients, settings: Settings, feed: S3Feed, spec: RdsL
                 "DeliveryStreamName": stream, "DeliveryStreamType": "DirectPut",
                 "ExtendedS3DestinationConfiguration": wanted, "DeliveryStreamEncryptionConfigurationInput": encryption,
             }, IAM_PROPAGATION)
-            _wait_active(aws, stream)
+            wait_active(aws, stream)
 
         changes.make("create delivery stream", f"{stream}: extended S3 to s3://{feed.bucket}/{spec.key_prefix}/, "
                      f"{spec.buffering_mib} MiB / {spec.buffering_seconds} s, encrypted with {encryption['KeyType']}",
@@ -243,7 +243,7 @@ def _(source: RdsLogsSource, aws: AwsClients, settings: Settings, feed: S3Feed, 
                   "list the RDS log groups (/aws/rds/instance/<id>/<type>) in the feed's source.log_groups")
     wanted = wanted_filter(spec, settings, stream)
     for group in spec.log_groups:
-        found = _log_group(aws, group)
+        found = read_log_group(aws, group)
         retention = found.get("retentionInDays") if found else None
         check.expect(f"log group {group}", found is not None and spec.log_retention_days in {None, retention},
                      f"retention {retention} days (settings: {spec.log_retention_days})" if found else "missing", FIX)
