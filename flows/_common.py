@@ -6,20 +6,35 @@ import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import ParamSpec, TypeVar, cast
+from uuid import UUID
 
-from prefect import Task, get_run_logger
+from prefect import Task, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import State, StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.events import emit_event
 from prefect.futures import PrefectFuture
 from prefect.states import Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from socfeeds.aws import AwsClients
+from socfeeds.errors import OnCallError
 from socfeeds.report import markdown_table, render_table, table_rows
 from socfeeds.resolve import resolve
 from socfeeds.settings import Settings, load_settings
 
 T = TypeVar("T")
+R = TypeVar("R")
 P = ParamSpec("P")
 
 
@@ -58,23 +73,83 @@ def start_run(feed_names: list[str] | None) -> Run:
     return Run(settings=resolve(settings, aws), feeds=feeds, aws=aws)
 
 
-class StepsFailed(RuntimeError):
-    """Some steps raised; the message names each one and its error, for the run's failure message."""
-
-
 def gather(futures: Iterable[tuple[str, PrefectFuture[list[T]]]]) -> tuple[list[T], list[tuple[str, str]]]:
     """Every task's items, from tasks that completed or ended Failed with their items (see `failed_with`),
-    plus (task label, error) for each task that raised or crashed."""
+    plus (task label, error) for each task that raised or crashed, and for each task that never ran because a
+    task it waits on failed (Prefect leaves it Pending, "NotReady"): that one is named as skipped, with why."""
+    futures = list(futures)
+    label_of = {str(future.task_run_id): label for label, future in futures}
     items: list[T] = []
     errors: list[tuple[str, str]] = []
     for label, future in futures:
         future.wait()
+        if not future.state.is_final():
+            upstream = [name for run_id, name in label_of.items() if run_id in str(future.state.message)]
+            errors.append((label, f"skipped: it waits on {', '.join(upstream) or 'a step'}, which did not finish"))
+            continue
         outcome: object = future.state.result(raise_on_failure=False)
         if isinstance(outcome, list):
             items.extend(outcome)
         else:
             errors.append((label, str(outcome)))
     return items, errors
+
+
+def leaves_a_record(flow_name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Every outcome of a flow leaves a record an alert can point to.
+
+    An OnCallError (bad settings, the wrong account, a step that needs a person) ends the run Failed with its
+    message as one line, no traceback, and the `<flow>-failures` artifact holding the whole message; any other
+    exception is a bug: the same artifact, then the exception with its traceback. A deployment's run that
+    completes after its previous run failed emits `socfeeds.run.recovered`, so on-call hears the incident end.
+    """
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                outcome = fn(*args, **kwargs)
+            except OnCallError as error:
+                record_failure(flow_name, str(error))
+                return failed_with(one_line(f"{flow_name}: {error}"), cast(R, error))
+            except Exception as error:
+                record_failure(flow_name, f"{type(error).__name__}: {error}\n\n(Not an expected failure: the "
+                                          "traceback is in the run's log.)")
+                raise
+            if not isinstance(outcome, State):
+                announce_recovery(flow_name)
+            return outcome
+
+        return run
+
+    return decorate
+
+
+def record_failure(flow_name: str, text: str) -> None:
+    key = f"{flow_name}-failures"
+    create_markdown_artifact(key=key, description=f"{flow_name}: failed", markdown=(
+        f"# {flow_name} failed\n\n```\n{text}\n```\n"))
+
+
+def announce_recovery(flow_name: str) -> None:
+    """Emit socfeeds.run.recovered when this deployment's previous finished run ended Failed or Crashed."""
+    deployment_id, run_id = runtime.deployment.id, runtime.flow_run.id
+    if not deployment_id or not run_id:
+        return  # not a deployment's run: nobody was alerted
+    with get_client(sync_client=True) as client:
+        previous = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[UUID(deployment_id)])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(not_any_=[UUID(run_id)]), state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.COMPLETED, StateType.FAILED, StateType.CRASHED]))),
+            sort=FlowRunSort.END_TIME_DESC, limit=1)
+    if previous and previous[0].state and previous[0].state.type in {StateType.FAILED, StateType.CRASHED}:
+        last = previous[0]
+        assert last.state is not None
+        emit_event(event="socfeeds.run.recovered",
+                   resource={"prefect.resource.id": f"socfeeds.deployment.{deployment_id}",
+                             "prefect.resource.name": f"{flow_name}/{runtime.deployment.name}"},
+                   payload={"previous_run": last.name, "previous_state": last.state.name,
+                            "previous_message": one_line(last.state.message or "")[:500]})
 
 
 def failed_with(message: str, data: T) -> T:

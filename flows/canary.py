@@ -17,6 +17,7 @@ from flows._common import (
     failed_with,
     failing_when,
     gather,
+    leaves_a_record,
     one_line,
     publish,
     publish_failures,
@@ -41,6 +42,7 @@ canary_task = failing_when(canary_feed, lambda results: [explain(r) for r in res
 
 
 @flow(name="feed-canary", task_runner=concurrent_tasks())
+@leaves_a_record("feed-canary")
 def feed_canary(feeds: list[str] | None = None) -> list[CanaryResult]:
     """Write one synthetic, marked event into each feed in its real format and confirm it arrived.
 

@@ -5,9 +5,19 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
+from pydantic import BaseModel
 
 import tasks.rds  # noqa: F401 (registers the RDS and CloudFront source wiring)
-from flows._common import StepsFailed, concurrent_tasks, gather, publish, start_run
+from flows._common import (
+    concurrent_tasks,
+    failed_with,
+    gather,
+    leaves_a_record,
+    one_line,
+    publish,
+    publish_failures,
+    start_run,
+)
 from socfeeds import terraform
 from socfeeds.report import Change
 from tasks.buckets import ensure_bucket
@@ -20,9 +30,20 @@ from tasks.reader import ensure_reader
 from tasks.sources import ensure_source
 
 CHANGE_COLUMNS = ["feed", "resource", "action", "detail", "applied", "owner"]
+STEP_COLUMNS = ["step", "outcome", "detail"]
+FAILURES_ARTIFACT = "provision-feeds-failures"
+
+
+class StepProblem(BaseModel):
+    """A step that failed (its error carries the fix) or was skipped because a step it waits on failed."""
+
+    step: str
+    outcome: str
+    detail: str
 
 
 @flow(name="provision-feeds", task_runner=concurrent_tasks())
+@leaves_a_record("provision-feeds")
 def provision_feeds(feeds: list[str] | None = None, dry_run: bool = False) -> list[Change]:
     """Create or adopt every feed's resources: for S3 feeds the bucket, queues, notification and source;
     for the EKS feed the cluster's logging, the delivery stream and the subscription; the XSIAM reader
@@ -76,7 +97,13 @@ def provision_feeds(feeds: list[str] | None = None, dry_run: bool = False) -> li
                                  "these resources (socfeeds wrote none of them)",
                                  markdown=f"```hcl\n{terraform.snippet(handed_over)}\n```\n")
     publish("provision-feeds", summary, changes, CHANGE_COLUMNS)
-    if errors:
-        raise StepsFailed(f"{len(errors)} provisioning steps failed (rerun after the fix converges):\n"
-                          + "\n".join(f"{label}: {error}" for label, error in errors))
+    problems = [StepProblem(step=label, outcome="skipped" if error.startswith("skipped: ") else "failed",
+                            detail=one_line(error.removeprefix("skipped: "))) for label, error in errors]
+    problems.sort(key=lambda problem: problem.outcome)  # what failed (and its fix) before what it held up
+    publish_failures(FAILURES_ARTIFACT, f"provision-feeds: {len(problems)} of {len(steps)} steps did not finish",
+                     problems, STEP_COLUMNS, f"All {len(steps)} steps finished: {summary}.")
+    if problems:
+        return failed_with(f"provision-feeds: {len(problems)} of {len(steps)} steps did not finish: "
+                           + "; ".join(f"{p.step} {p.outcome}: {p.detail}" for p in problems)
+                           + f"; see artifact {FAILURES_ARTIFACT}. Rerun after the fix: provision converges", changes)
     return changes

@@ -18,8 +18,9 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import Field, create_model
 
-from flows._common import start_run
+from flows._common import leaves_a_record, start_run
 from socfeeds.aws import AwsClients
+from socfeeds.errors import OnCallError
 from socfeeds.settings import Settings
 from tasks.keys import (
     Finished,
@@ -37,7 +38,7 @@ from tasks.keys import (
 )
 
 
-class RotationStopped(RuntimeError):
+class RotationStopped(RuntimeError, OnCallError):
     """Timed out, or not seen in use: rolled back or left safe; the message says which."""
 
 
@@ -195,6 +196,7 @@ def _keyless(settings: Settings, keys: list[KeyInfo], journal: Journal) -> str:
 
 
 @flow(name="rotate-reader-keys")
+@leaves_a_record("rotate-reader-keys")
 def rotate_reader_keys(dry_run: bool = False, force: bool = False, emergency: bool = False) -> str | State[Any]:
     """Rotate the XSIAM reader's access key when due: create, test, approve, confirm use, finish.
 

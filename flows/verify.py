@@ -11,6 +11,7 @@ from flows._common import (
     failed_with,
     failing_when,
     gather,
+    leaves_a_record,
     one_line,
     publish,
     publish_failures,
@@ -50,6 +51,7 @@ firehose_feed_checks = [failing_when(check, failed_checks) for check in FIREHOSE
 
 
 @flow(name="verify-feeds", task_runner=concurrent_tasks())
+@leaves_a_record("verify-feeds")
 def verify_feeds(feeds: list[str] | None = None) -> list[Finding]:
     """Check each S3 feed's bucket, queue, notification and source, the EKS feed's logging, stream and
     subscription, and the XSIAM reader's grants.

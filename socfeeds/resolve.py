@@ -5,19 +5,24 @@ once per run; an unset `canary.writer_trusted_principals` becomes the identity t
 already delivers to a CloudTrail feed's bucket under another name is the feed's trail (adopted, by function), so
 the bucket and key policies name the trail that really writes.
 Everything downstream (policies, plans, checks) then sees plain ARNs.
+
+First of all it checks that the credentials act in the account the settings name, and that the feeds' existing
+buckets are in the settings' region: one clear refusal, instead of every check failing for a reason it cannot see.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from socfeeds.aws import AwsClients, error_code
+from socfeeds.errors import OnCallError
 from socfeeds.settings import CloudTrailSource, S3Feed, Settings
 
 
-class ResolveError(ValueError):
+class ResolveError(ValueError, OnCallError):
     """A name in settings that AWS does not know: the message names the field and the fix."""
 
 
@@ -32,9 +37,40 @@ def key_arn(aws: AwsClients, key: str, field: str) -> str:
         raise
 
 
-def flows_identity(aws: AwsClients) -> str:
+class WrongTarget(ValueError, OnCallError):
+    """The credentials or the region point somewhere other than the settings' account and region."""
+
+
+def check_target(settings: Settings, aws: AwsClients, caller_arn: str) -> None:
+    """Refuse a run whose credentials act in another account, or whose feeds' buckets live in another region."""
+    account = caller_arn.split(":")[4]
+    if account != settings.account_id:
+        raise WrongTarget(f"account_id: the settings name account {settings.account_id}, but the credentials act in "
+                          f"account {account} (as {caller_arn}). Fix: run with credentials for {settings.account_id} "
+                          "(AWS_PROFILE, or the work pool's role), or correct account_id")
+    buckets = [bucket for feed in settings.s3_feeds.values() for bucket in feed.buckets]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        regions = dict(zip(buckets, pool.map(lambda bucket: bucket_region(aws, bucket), buckets), strict=True))
+    elsewhere = {bucket: region for bucket, region in regions.items() if region not in {None, settings.region}}
+    if elsewhere:
+        found = sorted(set(elsewhere.values()))
+        raise WrongTarget(f"region: the settings name {settings.region}, but the feeds' buckets are in "
+                          f"{', '.join(found)} ({', '.join(sorted(elsewhere))}). Fix: set region = {found[0]!r} in the "
+                          "settings file (or SOCFEEDS_REGION), or point the settings at this region's buckets")
+
+
+def bucket_region(aws: AwsClients, bucket: str) -> str | None:
+    """Where an existing bucket lives (GetBucketLocation answers from any region); None when it does not exist or
+    is not ours to read, which the checks report on their own."""
+    try:
+        constraint = aws.s3.get_bucket_location(Bucket=bucket).get("LocationConstraint")
+    except ClientError:
+        return None
+    return {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(constraint, constraint)
+
+
+def flows_identity(aws: AwsClients, arn: str) -> str:
     """The ARN a trust policy names for the identity these flows run as (a role keeps its path)."""
-    arn = str(aws.sts.get_caller_identity()["Arn"])
     kind, _, rest = arn.split(":", 5)[5].partition("/")
     if kind == "assumed-role":
         return str(aws.iam.get_role(RoleName=rest.split("/")[0])["Role"]["Arn"])
@@ -45,6 +81,8 @@ def flows_identity(aws: AwsClients) -> str:
 
 
 def resolve(settings: Settings, aws: AwsClients) -> Settings:
+    caller = str(aws.sts.get_caller_identity()["Arn"])
+    check_target(settings, aws, caller)
     keys: dict[str, str] = {}
 
     def resolved(key: str | None, field: str) -> str | None:
@@ -62,7 +100,8 @@ def resolve(settings: Settings, aws: AwsClients) -> Settings:
         for name, feed in settings.firehose_feeds.items()}
     update: dict[str, Any] = {"s3_feeds": s3_feeds, "firehose_feeds": firehose_feeds}
     if settings.canary.writer_trusted_principals is None:
-        update["canary"] = settings.canary.model_copy(update={"writer_trusted_principals": [flows_identity(aws)]})
+        trusted = [flows_identity(aws, caller)]
+        update["canary"] = settings.canary.model_copy(update={"writer_trusted_principals": trusted})
     return settings.model_copy(update=update)
 
 

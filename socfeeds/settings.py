@@ -26,6 +26,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from socfeeds.errors import OnCallError
+
 SETTINGS_FILE_ENV = "SOCFEEDS_SETTINGS_FILE"
 XSIAM_MIN_RETENTION_DAYS = 7
 
@@ -654,11 +656,11 @@ class Settings(BaseSettings):
         if names is None:
             return known
         if not names:
-            raise ValueError("feeds: an empty list selects no feed, so the run would check nothing; leave feeds out "
+            raise SettingsError("feeds: an empty list selects no feed, so the run would check nothing; leave feeds out "
                              f"for every feed, or name some of {sorted(known)}")
         unknown = sorted(set(names) - set(known))
         if unknown:
-            raise ValueError(f"feeds: unknown feed(s) {unknown}; known: {sorted(known)}")
+            raise SettingsError(f"feeds: unknown feed(s) {unknown}; known: {sorted(known)}")
         return [name for name in known if name in names]
 
 
@@ -707,7 +709,7 @@ def log_key_prefix(feed: S3Feed, account_id: str) -> str:
     return f"AWSLogs/{account_id}/"
 
 
-class SettingsError(ValueError):
+class SettingsError(ValueError, OnCallError):
     """Settings that cannot be used: every invalid field, where it came from, and the nearest valid name."""
 
 

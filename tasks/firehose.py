@@ -26,6 +26,7 @@ from typing import Any, cast
 from socfeeds import policies
 from socfeeds.arns import Arns
 from socfeeds.aws import AwsClients, absent_on, until_accepted
+from socfeeds.errors import OnCallError
 from socfeeds.report import Change, ChangesFor, Finding, FindingsFor, Status
 from socfeeds.settings import FirehoseFeed, Settings, check_endpoint_url
 from tasks._task import aws_task
@@ -43,11 +44,11 @@ OWNER_FIX = ("where that role is managed (the platform's Terraform, say): socfee
              "not create")
 
 
-class MissingToken(RuntimeError):
+class MissingToken(RuntimeError, OnCallError):
     """The endpoint token secret does not exist; only a person holding the XSIAM token can create it."""
 
 
-class FilterLimit(RuntimeError):
+class FilterLimit(RuntimeError, OnCallError):
     """The log group has CloudWatch's two subscription filters already and neither feeds the stream."""
 
 

@@ -22,6 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict
 
 from socfeeds.aws import AwsClients, absent_on
+from socfeeds.errors import OnCallError
 from socfeeds.settings import ReaderSettings, RotationPolicy, Settings
 from tasks._task import aws_task
 from tasks.queues import queue_url
@@ -80,7 +81,7 @@ class Finished:
     already: tuple[str, ...]
 
 
-class RotationBlocked(RuntimeError):
+class RotationBlocked(RuntimeError, OnCallError):
     """A state a human must resolve; the message says which keys and what to do."""
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from socfeeds.arns import Arns
 from socfeeds.aws import AwsClients
+from socfeeds.errors import OnCallError
 from socfeeds.report import Change, ChangesFor, Finding, FindingsFor, Status
 from socfeeds.settings import S3Feed, Settings, canary_key_prefix, log_key_prefix
 from tasks._task import aws_task
@@ -26,7 +27,7 @@ TARGET_KEYS = {
 }
 
 
-class NotificationOverlap(RuntimeError):
+class NotificationOverlap(RuntimeError, OnCallError):
     """Another consumer's entry overlaps ours (event types and key filters), so S3 would reject the merge."""
 
 
@@ -177,6 +178,15 @@ def _hides_logs(entry: dict[str, Any], feed_name: str, feed: S3Feed, account_id:
     return None
 
 
+def _repair(config: dict[str, Any], queue_arn: str, feed_name: str, fix: str) -> str:
+    """The fix verify prints is what provision would do: `fix` when it can add the entry, else the manual step."""
+    try:
+        merged_configuration(config, queue_arn, notification_id(feed_name))
+    except NotificationOverlap as overlap:
+        return f"provision-feeds cannot add it: {overlap}"
+    return fix
+
+
 @aws_task("check-notification")
 def check_notification(aws: AwsClients, settings: Settings, feed_name: str) -> list[Finding]:
     feed = settings.s3_feeds[feed_name]
@@ -192,10 +202,11 @@ def _check_bucket_notification(aws: AwsClients, settings: Settings, feed_name: s
     if not bucket_exists(aws, bucket):
         check.add("notification", Status.FAIL, "bucket missing, so nothing notifies the queue", fix)
         return check.findings
-    entries = [e for e in read_configuration(aws, bucket).get("QueueConfigurations", [])
+    config = read_configuration(aws, bucket)
+    entries = [e for e in config.get("QueueConfigurations", [])
                if e.get("QueueArn") == queue_arn and _is_object_created(e)]
     if not check.expect("notification", bool(entries), f"{len(entries)} object-created entries to {feed.queue}",
-                        f"new objects do not reach {feed.queue}: {fix}"):
+                        f"new objects do not reach {feed.queue}: {_repair(config, queue_arn, feed_name, fix)}"):
         return check.findings
     all_events = any("s3:ObjectCreated:*" in e.get("Events", []) for e in entries)
     check.expect("events", all_events, "s3:ObjectCreated:*" if all_events else

@@ -11,6 +11,7 @@ from typing import Literal
 from socfeeds import policies
 from socfeeds.arns import Arns
 from socfeeds.aws import AwsClients, absent_on
+from socfeeds.errors import OnCallError
 from socfeeds.report import Change, ChangesFor, Finding, FindingsFor
 from socfeeds.settings import Settings
 from tasks._task import aws_task
@@ -29,7 +30,7 @@ def _policy_arn(settings: Settings) -> str:
     return Arns(settings.region, settings.account_id).iam_policy(_policy_path(settings), settings.reader.policy_name)
 
 
-class PolicyNameTaken(RuntimeError):
+class PolicyNameTaken(RuntimeError, OnCallError):
     """IAM refuses a second managed policy of the same name in an account, whatever its path."""
 
 
@@ -48,7 +49,7 @@ def _make_room_for_a_version(aws: AwsClients, policy_arn: str) -> None:
         aws.iam.delete_policy_version(PolicyArn=policy_arn, VersionId=old[0]["VersionId"])
 
 
-class MissingExternalId(RuntimeError):
+class MissingExternalId(RuntimeError, OnCallError):
     """Role mode needs XSIAM's external id in SSM; only a person holding it can store it."""
 
 

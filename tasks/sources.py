@@ -20,6 +20,7 @@ from prefect.context import TaskRunContext
 
 from socfeeds.arns import Arns
 from socfeeds.aws import AwsClients, absent_on, error_code
+from socfeeds.errors import OnCallError
 from socfeeds.formats import FLOW_LOG_FIELDS
 from socfeeds.report import Change, ChangesFor, Finding, FindingsFor, Status
 from socfeeds.settings import (
@@ -299,7 +300,7 @@ def _format_of(flow_log: Mapping[str, Any]) -> str:
     return f"{shape}, traffic {flow_log.get('TrafficType')}, {options.get('FileFormat', 'plain-text')}"
 
 
-class FlowLogConflict(RuntimeError):
+class FlowLogConflict(RuntimeError, OnCallError):
     """AWS refused a flow log because another one already writes there (FlowLogAlreadyExists), said plainly."""
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 from conftest import Stack
-from test_verify import status_of
+from test_verify import artifacts_of, status_of
 from test_xsiam_standin import eventually
 
 from flows.provision import provision_feeds
@@ -196,6 +196,25 @@ def test_missing_token_secret_fails_verify_and_stops_provision_with_the_fix(stac
     stack.local.put_token_secret(feed.token_secret_name, stack.xsiam.firehose_token)
     provision(stack)
     assert [f for f in checks(stack) if f.status is Status.FAIL] == []
+
+
+def test_provision_names_what_a_failed_step_held_up_and_carries_its_fix(stack: Stack) -> None:
+    """The stream cannot be made without its token, so the subscription waiting on it is reported as skipped."""
+    feed = eks(stack)
+    stack.client("secretsmanager").delete_secret(SecretId=feed.token_secret_name, ForceDeleteWithoutRecovery=True)
+    state = provision_feeds(feeds=[FEED], return_state=True)
+    assert state.is_failed() and state.message is not None and "\n" not in state.message
+    assert (f"provision-feeds: 2 of 6 steps did not finish: ensure-delivery-stream[{FEED}] failed: "
+            f"secret {feed.token_secret_name} does not exist. Fix: store") in state.message
+    assert f"ensure-subscription[{FEED}] skipped: it waits on ensure-delivery-stream[{FEED}], which did not finish" in (
+        state.message)
+    artifacts = artifacts_of(state)
+    assert {"provision-feeds", "provision-feeds-failures"} <= set(artifacts), "published whatever failed"
+    record = artifacts["provision-feeds-failures"].data
+    assert isinstance(record, str)
+    assert record.index("| failed |") < record.index("| skipped |"), "the cause before what it held up"
+    stack.local.put_token_secret(feed.token_secret_name, stack.xsiam.firehose_token)
+    assert provision_feeds(feeds=[FEED], return_state=True).is_completed(), "a rerun after the fix converges"
 
 
 def test_buffering_change_updates_the_stream_in_place(stack: Stack) -> None:

@@ -6,12 +6,13 @@ import json
 
 import pytest
 from conftest import Stack
+from test_verify import artifacts_of
 
 from flows.provision import provision_feeds
 from flows.verify import verify_feeds
 from socfeeds.report import Status
 from tasks.buckets import bucket_exists
-from tasks.notifications import NotificationOverlap, ensure_notification
+from tasks.notifications import NotificationOverlap, check_notification, ensure_notification
 from tasks.queues import queue_url
 
 
@@ -68,10 +69,35 @@ def test_unknown_feed_fails_before_any_aws_call(stack: Stack) -> None:
     assert "unknown feed(s) ['cloudtrial']" in str(state.result(raise_on_failure=False))
 
 
-def test_invalid_settings_fail_the_run_naming_the_field(stack: Stack) -> None:
+def test_invalid_settings_fail_the_run_naming_the_field_and_leave_a_record(stack: Stack) -> None:
+    """A settings error on the worker ends Failed in one line, no traceback, and the failures artifact says it all."""
     stack.update(region="eu-west-9")
     state = verify_feeds(return_state=True)
     assert state.is_failed() and "unknown AWS region 'eu-west-9'" in str(state.result(raise_on_failure=False))
+    assert state.message is not None and "\n" not in state.message and "region" in state.message
+    record = artifacts_of(state)["verify-feeds-failures"].data
+    assert isinstance(record, str) and "unknown AWS region 'eu-west-9'" in record
+
+
+def test_credentials_for_another_account_are_refused_up_front(stack: Stack) -> None:
+    stack.update(account_id="111122223333")
+    state = verify_feeds(return_state=True)
+    assert state.is_failed() and state.message is not None
+    assert "account_id: the settings name account 111122223333, but the credentials act in account 123456789012" in (
+        state.message)
+    assert "Fix: run with credentials for 111122223333" in state.message
+
+
+def test_a_region_other_than_the_buckets_is_named_once_not_as_every_check_failing(stack: Stack) -> None:
+    provision_feeds(feeds=["application-logs", "cloudtrail"])
+    buckets = sorted(stack.settings.s3_feeds[name].bucket for name in ("application-logs", "cloudtrail"))
+    stack.update(region="eu-west-1")
+    state = verify_feeds(return_state=True)
+    assert state.is_failed() and state.message is not None
+    assert f"region: the settings name eu-west-1, but the feeds' buckets are in eu-west-2 ({', '.join(buckets)})" in (
+        state.message)
+    assert "Fix: set region = 'eu-west-2'" in state.message
+    assert set(artifacts_of(state)) == {"verify-feeds-failures"}, "no check ran against the wrong region"
 
 
 def test_existing_bucket_is_adopted_and_other_policy_statements_are_kept(stack: Stack) -> None:
@@ -119,8 +145,14 @@ def test_overlapping_notification_is_a_clear_error_not_an_overwrite(stack: Stack
     with pytest.raises(NotificationOverlap, match="notification 'siem-pilot' already sends object-created events"):
         ensure_notification.fn(stack.aws, stack.settings, "route53-resolver", False)
     state = provision_feeds(feeds=["route53-resolver"], return_state=True)
-    assert state.is_failed() and "ensure-notification[route53-resolver]" in str(state.result(raise_on_failure=False))
+    assert state.is_failed() and "ensure-notification[route53-resolver] failed: s3://" in str(state.message)
     assert s3.get_bucket_notification_configuration(Bucket=feed.bucket)["QueueConfigurations"] == [theirs]
+    [missing] = [f for f in check_notification.fn(stack.aws, stack.settings, "route53-resolver")
+                 if f.check == "notification"]
+    assert missing.status is Status.FAIL
+    assert missing.fix.startswith(f"new objects do not reach {feed.queue}: provision-feeds cannot add it: "), (
+        "verify's fix is what provision does, here the manual step")
+    assert "notification 'siem-pilot' already sends" in missing.fix and "fan out through SNS or EventBridge" in missing.fix
 
 
 def test_resources_from_before_the_hardening_are_converged_and_the_dry_run_lists_each_step(stack: Stack) -> None:
