@@ -152,7 +152,8 @@ def test_overlapping_notification_is_a_clear_error_not_an_overwrite(stack: Stack
     assert missing.status is Status.FAIL
     assert missing.fix.startswith(f"new objects do not reach {feed.queue}: provision-feeds cannot add it: "), (
         "verify's fix is what provision does, here the manual step")
-    assert "notification 'siem-pilot' already sends" in missing.fix and "fan out through SNS or EventBridge" in missing.fix
+    assert "notification 'siem-pilot' already sends" in missing.fix
+    assert "fan out through SNS or EventBridge" in missing.fix
 
 
 def test_resources_from_before_the_hardening_are_converged_and_the_dry_run_lists_each_step(stack: Stack) -> None:
