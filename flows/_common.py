@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 from uuid import UUID
 
 from prefect import Task, get_run_logger, runtime
@@ -27,11 +27,13 @@ from prefect.states import Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
+from flows._fleet import Fleet, fan_out, report, start_fleet, target_inputs
 from socfeeds.aws import AwsClients
 from socfeeds.errors import OnCallError
 from socfeeds.report import markdown_table, render_table, table_rows
 from socfeeds.resolve import resolve
-from socfeeds.settings import Settings, load_settings
+from socfeeds.settings import Settings, SettingsError
+from socfeeds.targets import Target
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -45,11 +47,17 @@ def concurrent_tasks(max_workers: int = 16) -> TaskRunner[PrefectFuture[object]]
 
 @dataclass(frozen=True)
 class Run:
-    """The resolved inputs of one flow run."""
+    """The resolved inputs of one flow run, for one target (account and region)."""
 
     settings: Settings
     feeds: list[str]
     aws: AwsClients
+    target: Target | None = None  # set in fleet mode, so messages say which account
+
+    @property
+    def at(self) -> str:
+        """' in <account>' for messages of a fleet target's run; '' for a single-account settings file."""
+        return f" in {self.target.label}" if self.target else ""
 
     @property
     def s3_feeds(self) -> list[str]:
@@ -65,12 +73,33 @@ class Run:
         return (declared.managed_by if declared else None) or self.settings.managed_by
 
 
-def start_run(feed_names: list[str] | None) -> Run:
-    """Validate settings and the feed selection before any AWS call, then resolve what only AWS knows."""
-    settings = load_settings()  # values come from the environment and the settings file
-    feeds = settings.select_feeds(feed_names)
-    aws = AwsClients.from_settings(settings)
-    return Run(settings=resolve(settings, aws), feeds=feeds, aws=aws)
+def start_run(feed_names: list[str] | None, accounts: list[str] | None = None, flow_name: str = "") -> Run:
+    """The run of exactly one target: settings and the feed selection validated before any AWS call, the target's
+    credentials assumed, then what only AWS knows resolved."""
+    fleet = start_fleet(feed_names, accounts)
+    if fleet.fans_out:
+        raise SettingsError(f"accounts: {flow_name or 'this flow'} runs one account at a time; name one of "
+                            f"{[t.key for t in fleet.targets]}")
+    return target_run(fleet, feed_names, flow_name)
+
+
+def target_run(fleet: Fleet, feed_names: list[str] | None, flow_name: str) -> Run:
+    """The run of a fleet's single selected target."""
+    [target] = fleet.targets
+    settings, aws = target_inputs(fleet, target, flow_name)
+    catalog = fleet.catalogs[target.key]
+    wanted = None if feed_names is None else [name for name in feed_names if name in catalog]
+    if wanted == []:
+        raise SettingsError(f"feeds: {feed_names} are not declared for account {target.label}; it has {catalog}")
+    return Run(settings=resolve(settings, aws), feeds=settings.select_feeds(wanted), aws=aws,
+               target=target if fleet.settings.fleet else None)
+
+
+def fleet_result(flow_name: str, fleet: Fleet, parameters: dict[str, Any], here: Callable[..., State[Any]]) -> Any:
+    """A parent run's outcome: children through the pool, the coverage matrix, Failed naming failing accounts."""
+    outcomes = fan_out(flow_name, fleet, parameters, here)
+    message = report(flow_name, fleet, outcomes)
+    return failed_with(message, outcomes) if message else outcomes
 
 
 def gather(futures: Iterable[tuple[str, PrefectFuture[list[T]]]]) -> tuple[list[T], list[tuple[str, str]]]:

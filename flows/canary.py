@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 import uuid
+from typing import cast
 
 from prefect import flow, get_run_logger, runtime
 from prefect.events import emit_event
@@ -16,13 +17,15 @@ from flows._common import (
     concurrent_tasks,
     failed_with,
     failing_when,
+    fleet_result,
     gather,
     leaves_a_record,
     one_line,
     publish,
     publish_failures,
-    start_run,
+    target_run,
 )
+from flows._fleet import publish_feed_status, start_fleet
 from tasks.canary import CanaryResult, canary_feed, writer_clients
 from tasks.xql import XqlClient
 
@@ -43,7 +46,7 @@ canary_task = failing_when(canary_feed, lambda results: [explain(r) for r in res
 
 @flow(name="feed-canary", task_runner=concurrent_tasks())
 @leaves_a_record("feed-canary")
-def feed_canary(feeds: list[str] | None = None) -> list[CanaryResult]:
+def feed_canary(feeds: list[str] | None = None, accounts: list[str] | None = None) -> list[CanaryResult]:
     """Write one synthetic, marked event into each feed in its real format and confirm it arrived.
 
     Each feed's strategy (siem or queue) and deadline come from settings. All feeds run at once;
@@ -52,10 +55,16 @@ def feed_canary(feeds: list[str] | None = None) -> list[CanaryResult]:
     every PROGRESS_SECONDS. Publishes a table (failed first) and a failures-only artifact. Emits
     socfeeds.canary.passed / socfeeds.canary.failed per feed.
 
+    In fleet mode (several accounts), runs one child per account and publishes the coverage matrix.
+
     Args:
         feeds: Feed names from settings; None means every feed.
+        accounts: Fleet accounts (id, name, or id/region); None means every account.
     """
-    run = start_run(feeds)
+    fleet = start_fleet(feeds, accounts)
+    if fleet.fans_out:
+        return cast(list[CanaryResult], fleet_result("feed-canary", fleet, {"feeds": feeds}, feed_canary))
+    run = target_run(fleet, feeds, "feed-canary")
     run_tag = (runtime.flow_run.id or uuid.uuid4().hex)[:8]
     writer = writer_clients(run.aws, run.settings, run_tag)
     wants_siem = run.firehose_feeds or any(run.settings.s3_feeds[n].canary_strategy == "siem" for n in run.s3_feeds)
@@ -65,21 +74,26 @@ def feed_canary(feeds: list[str] | None = None) -> list[CanaryResult]:
     wait_reporting_progress(run, futures)
     results, errors = gather((f"canary[{name}]", future) for name, future in futures)
     history = record_latencies(results, run.settings.canary.latency_history)
+    account = run.settings.account_id
     for result in results:
-        resource = {"prefect.resource.id": f"socfeeds.feed.{result.feed}", "prefect.resource.name": result.feed}
+        resource = {"prefect.resource.id": f"socfeeds.feed.{result.feed}", "prefect.resource.name": result.feed,
+                    "socfeeds.account": account}
         emit_event(event=f"socfeeds.canary.{result.status}", resource=resource,
                    payload={"leg": result.leg, "latency_ms": result.latency_ms, "detail": result.detail,
-                            "fix": result.fix, "median_latency_ms": history.get(result.feed)})
+                            "fix": result.fix, "median_latency_ms": history.get(result.feed), "account": account})
     results.sort(key=lambda r: r.passed)  # failed feeds first
     failed = [r for r in results if not r.passed]
     summary = f"feed-canary: {len(failed)} of {len(results)} feeds failed"
     publish("feed-canary", summary, results, CANARY_COLUMNS)
     publish_failures(FAILURES_ARTIFACT, summary, failed, FAILURE_COLUMNS, f"All {len(results)} feeds passed.")
+    publish_feed_status("feed-canary", run.target, {
+        **{label.partition("[")[2].rstrip("]"): ("fail", one_line(error)) for label, error in errors},
+        **{r.feed: ("pass" if r.passed else "fail", "" if r.passed else explain(r)) for r in results}})
     problems = [explain(r) for r in failed] + [one_line(f"{label} crashed: {error} -> see the task run's log")
                                                for label, error in errors]
     if problems:
-        return failed_with(f"feed-canary: {len(problems)} of {len(run.feeds)} feeds failed: {'; '.join(problems)}; "
-                           f"see artifact {FAILURES_ARTIFACT}", results)
+        return failed_with(f"feed-canary{run.at}: {len(problems)} of {len(run.feeds)} feeds failed: "
+                           f"{'; '.join(problems)}; see artifact {FAILURES_ARTIFACT}", results)
     return results
 
 

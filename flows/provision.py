@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
@@ -11,13 +13,15 @@ import tasks.rds  # noqa: F401 (registers the RDS and CloudFront source wiring)
 from flows._common import (
     concurrent_tasks,
     failed_with,
+    fleet_result,
     gather,
     leaves_a_record,
     one_line,
     publish,
     publish_failures,
-    start_run,
+    target_run,
 )
+from flows._fleet import publish_feed_status, start_fleet
 from socfeeds import terraform
 from socfeeds.report import Change
 from tasks.buckets import ensure_bucket
@@ -44,7 +48,8 @@ class StepProblem(BaseModel):
 
 @flow(name="provision-feeds", task_runner=concurrent_tasks())
 @leaves_a_record("provision-feeds")
-def provision_feeds(feeds: list[str] | None = None, dry_run: bool = False) -> list[Change]:
+def provision_feeds(feeds: list[str] | None = None, dry_run: bool = False,
+                    accounts: list[str] | None = None) -> list[Change]:
     """Create or adopt every feed's resources: for S3 feeds the bucket, queues, notification and source;
     for the EKS feed the cluster's logging, the delivery stream and the subscription; the XSIAM reader
     and the canary's writer role.
@@ -55,8 +60,13 @@ def provision_feeds(feeds: list[str] | None = None, dry_run: bool = False) -> li
     Args:
         feeds: Feed names from settings; None means every feed.
         dry_run: Change nothing; report every change that would be made.
+        accounts: Fleet accounts (id, name, or id/region); None means every account, one child run each.
     """
-    run = start_run(feeds)
+    fleet = start_fleet(feeds, accounts)
+    if fleet.fans_out:
+        return cast(list[Change], fleet_result("provision-feeds", fleet, {"feeds": feeds, "dry_run": dry_run},
+                                               provision_feeds))
+    run = target_run(fleet, feeds, "provision-feeds")
     shared = dry_run or run.settings.managed_by == "terraform"  # the reader, the writer, key policies
     keys = ensure_key_policies.submit(run.aws, run.settings, shared)  # S3 and CloudTrail test the key on setup
     steps: list[tuple[str, PrefectFuture[list[Change]]]] = [
@@ -102,8 +112,20 @@ def provision_feeds(feeds: list[str] | None = None, dry_run: bool = False) -> li
     problems.sort(key=lambda problem: problem.outcome)  # what failed (and its fix) before what it held up
     publish_failures(FAILURES_ARTIFACT, f"provision-feeds: {len(problems)} of {len(steps)} steps did not finish",
                      problems, STEP_COLUMNS, f"All {len(steps)} steps finished: {summary}.")
+    publish_feed_status("provision-feeds", run.target, feed_status(run.feeds, changes, problems))
     if problems:
-        return failed_with(f"provision-feeds: {len(problems)} of {len(steps)} steps did not finish: "
+        return failed_with(f"provision-feeds{run.at}: {len(problems)} of {len(steps)} steps did not finish: "
                            + "; ".join(f"{p.step} {p.outcome}: {p.detail}" for p in problems)
                            + f"; see artifact {FAILURES_ARTIFACT}. Rerun after the fix: provision converges", changes)
     return changes
+
+
+def feed_status(feeds: list[str], changes: list[Change], problems: list[StepProblem]) -> dict[str, tuple[str, str]]:
+    """Each feed's cell in the fleet matrix (fail with its first problem, else pass with its change count), and a
+    `shared` cell when a step every feed relies on (reader, writer, key policies) did not finish."""
+    def of(feed: str) -> list[StepProblem]:
+        return [p for p in problems if (p.step.endswith(f"[{feed}]") if feed != "shared" else "[" not in p.step)]
+
+    cells = {feed: ("fail", of(feed)[0].detail) if of(feed) else ("pass", f"{sum(c.feed == feed for c in changes)} "
+                                                                          "changes") for feed in feeds}
+    return {"shared": ("fail", of("shared")[0].detail), **cells} if of("shared") else cells

@@ -197,7 +197,8 @@ def _keyless(settings: Settings, keys: list[KeyInfo], journal: Journal) -> str:
 
 @flow(name="rotate-reader-keys")
 @leaves_a_record("rotate-reader-keys")
-def rotate_reader_keys(dry_run: bool = False, force: bool = False, emergency: bool = False) -> str | State[Any]:
+def rotate_reader_keys(dry_run: bool = False, force: bool = False, emergency: bool = False,
+                       accounts: list[str] | None = None) -> str | State[Any]:
     """Rotate the XSIAM reader's access key when due: create, test, approve, confirm use, finish.
 
     Each step resumes safely after a crash; a rejection (run Cancelled), a timeout or a key never
@@ -208,8 +209,9 @@ def rotate_reader_keys(dry_run: bool = False, force: bool = False, emergency: bo
         dry_run: Only report what would be done.
         force: Rotate even if the key is not yet due.
         emergency: A leaked key: delete an inactive old key inside its grace period, then rotate now.
+        accounts: In fleet mode, the one account whose reader key to rotate (id, name, or id/region).
     """
-    run = start_run(None)
+    run = start_run(None, accounts, "rotate-reader-keys")
     settings, aws, journal = run.settings, run.aws, Journal()
     try:
         if settings.reader.mode == "role":

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 from prefect import flow
 from prefect.futures import PrefectFuture
 
@@ -10,13 +13,15 @@ from flows._common import (
     concurrent_tasks,
     failed_with,
     failing_when,
+    fleet_result,
     gather,
     leaves_a_record,
     one_line,
     publish,
     publish_failures,
-    start_run,
+    target_run,
 )
+from flows._fleet import publish_feed_status, start_fleet
 from socfeeds.report import STATUS_ORDER, Finding, Status
 from tasks.buckets import check_bucket
 from tasks.canary import check_canary_writer
@@ -52,7 +57,7 @@ firehose_feed_checks = [failing_when(check, failed_checks) for check in FIREHOSE
 
 @flow(name="verify-feeds", task_runner=concurrent_tasks())
 @leaves_a_record("verify-feeds")
-def verify_feeds(feeds: list[str] | None = None) -> list[Finding]:
+def verify_feeds(feeds: list[str] | None = None, accounts: list[str] | None = None) -> list[Finding]:
     """Check each S3 feed's bucket, queue, notification and source, the EKS feed's logging, stream and
     subscription, and the XSIAM reader's grants.
 
@@ -60,10 +65,16 @@ def verify_feeds(feeds: list[str] | None = None) -> list[Finding]:
     check task with a failure Failed, and ends Failed with a one-line message when any check fails,
     so automations can alert on it.
 
+    In fleet mode (several accounts), runs one child per account and publishes the coverage matrix.
+
     Args:
         feeds: Feed names from settings; None means every feed.
+        accounts: Fleet accounts (id, name, or id/region); None means every account.
     """
-    run = start_run(feeds)
+    fleet = start_fleet(feeds, accounts)
+    if fleet.fans_out:
+        return cast(list[Finding], fleet_result("verify-feeds", fleet, {"feeds": feeds}, verify_feeds))
+    run = target_run(fleet, feeds, "verify-feeds")
     checks: list[tuple[str, PrefectFuture[list[Finding]]]] = [
         ("check-reader", reader_check.submit(run.aws, run.settings)),
         ("check-canary-writer", writer_check.submit(run.aws, run.settings)),
@@ -85,9 +96,17 @@ def verify_feeds(feeds: list[str] | None = None) -> list[Finding]:
     publish("verify-feeds", summary, findings, FINDING_COLUMNS)
     publish_failures(FAILURES_ARTIFACT, summary, [*failed, *warned], FAILURE_COLUMNS,
                      f"All {len(findings)} checks passed.")
+    publish_feed_status("verify-feeds", run.target, {feed: worst(f for f in findings if f.feed == feed)
+                                         for feed in dict.fromkeys(f.feed for f in findings)})
     if not failed:
         return findings
     shown = "; ".join(explain(f) for f in failed[:SHOWN_IN_MESSAGE])
     more = f"; and {len(failed) - SHOWN_IN_MESSAGE} more" if len(failed) > SHOWN_IN_MESSAGE else ""
-    return failed_with(f"verify-feeds: {len(failed)} of {len(findings)} checks failed: {shown}{more}; "
+    return failed_with(f"verify-feeds{run.at}: {len(failed)} of {len(findings)} checks failed: {shown}{more}; "
                        f"see artifact {FAILURES_ARTIFACT}", findings)
+
+
+def worst(findings: Iterable[Finding]) -> tuple[str, str]:
+    """A feed's cell in the fleet matrix: its worst status and the first such finding, in one line."""
+    first = min(findings, key=lambda f: STATUS_ORDER[f.status])
+    return first.status.value, "" if first.status is Status.PASS else explain(first)

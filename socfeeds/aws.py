@@ -7,11 +7,14 @@ shared by concurrent tasks; the session is only used here, under a lock.
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import TYPE_CHECKING, Any, cast
 
 import boto3
+import botocore.session
 from botocore.config import Config
+from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
 from botocore.exceptions import ClientError
 
 from socfeeds.settings import Settings
@@ -24,6 +27,7 @@ if TYPE_CHECKING:
     from mypy_boto3_iam import IAMClient
     from mypy_boto3_kms import KMSClient
     from mypy_boto3_logs import CloudWatchLogsClient
+    from mypy_boto3_organizations import OrganizationsClient
     from mypy_boto3_route53resolver import Route53ResolverClient
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_secretsmanager import SecretsManagerClient
@@ -31,7 +35,37 @@ if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
     from mypy_boto3_sts import STSClient
 
-MAX_ATTEMPTS = 5
+MAX_ATTEMPTS = 8  # adaptive retries: IAM's and STS's per-account quotas cannot be raised, so back off and wait
+_assumed: dict[tuple[str, str, str | None], boto3.session.Session] = {}
+_assumed_lock = threading.Lock()
+
+
+def session_name(*parts: str) -> str:
+    """An STS session name (2-64 of [\\w+=,.@-]) that says which flow and run made each call in CloudTrail."""
+    return re.sub(r"[^\w+=,.@-]", "-", "-".join(["socfeeds", *parts]))[:64]
+
+
+def assumed_session(source: boto3.session.Session, role_arn: str, region: str, endpoint_url: str | None,
+                    external_id: str | None, name: str, duration_s: int) -> boto3.session.Session:
+    """A session acting as `role_arn`, its credentials fetched from the region's own STS endpoint and renewed by
+    botocore shortly before they expire; one per role and region in a process, so a run assumes each role once,
+    not once per task or client."""
+    key = (role_arn, region, endpoint_url)
+    with _assumed_lock:
+        if key not in _assumed:
+            def sts_client(service: str, **credentials: Any) -> Any:
+                return cast(Any, boto3.session.Session()).client(service, region_name=region,
+                                                                 endpoint_url=endpoint_url, **credentials)
+
+            extra: dict[str, Any] = {"RoleSessionName": name, "DurationSeconds": duration_s}
+            if external_id:
+                extra["ExternalId"] = external_id
+            fetcher = AssumeRoleCredentialFetcher(sts_client, source.get_credentials(), role_arn, extra_args=extra)
+            core = botocore.session.Session()
+            core._credentials = DeferredRefreshableCredentials(  # type: ignore[attr-defined]
+                refresh_using=fetcher.fetch_credentials, method="assume-role")
+            _assumed[key] = boto3.session.Session(botocore_session=core, region_name=region)
+        return _assumed[key]
 
 
 class AwsClients:
@@ -42,9 +76,10 @@ class AwsClients:
         self.session = session
         self.region = region
         self.endpoint_url = endpoint_url
+        self._max_pool_connections = max_pool_connections
         self._config = Config(
             region_name=region,
-            retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+            retries={"mode": "adaptive", "max_attempts": MAX_ATTEMPTS},  # backs off, and slows, on throttling
             max_pool_connections=max_pool_connections,
             connect_timeout=5,
             read_timeout=30,
@@ -63,6 +98,11 @@ class AwsClients:
             session = block.get_boto3_session()
         return cls(session or boto3.session.Session(), settings.region, settings.endpoint_url,
                    max_pool_connections=max(10, settings.max_concurrency * 2))
+
+    def assume(self, role_arn: str, region: str, external_id: str | None, name: str, duration_s: int) -> AwsClients:
+        """Clients acting as `role_arn` in `region` (a fleet target), from these clients' own credentials."""
+        session = assumed_session(self.session, role_arn, region, self.endpoint_url, external_id, name, duration_s)
+        return AwsClients(session, region, self.endpoint_url, self._max_pool_connections)
 
     def client(self, service: str) -> Any:
         with self._lock:
@@ -119,6 +159,10 @@ class AwsClients:
     @property
     def kms(self) -> KMSClient:
         return cast("KMSClient", self.client("kms"))
+
+    @property
+    def organizations(self) -> OrganizationsClient:
+        return cast("OrganizationsClient", self.client("organizations"))
 
     @property
     def ssm(self) -> SSMClient:

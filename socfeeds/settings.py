@@ -7,6 +7,7 @@ settings file named by `SOCFEEDS_SETTINGS_FILE` (JSON or TOML). Names may use th
 
 from __future__ import annotations
 
+import copy
 import difflib
 import ipaddress
 import os
@@ -17,7 +18,17 @@ from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlparse
 
 import boto3
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
@@ -27,6 +38,7 @@ from pydantic_settings import (
 )
 
 from socfeeds.errors import OnCallError
+from socfeeds.fleet import FleetSettings
 
 SETTINGS_FILE_ENV = "SOCFEEDS_SETTINGS_FILE"
 XSIAM_MIN_RETENTION_DAYS = 7
@@ -514,6 +526,10 @@ class Settings(BaseSettings):
 
     region: str = "eu-west-2"
     account_id: str = Field(pattern=r"^\d{12}$", description="The AWS account the feeds live in.")
+    account_name: str = Field("", description="The account's name, for {account_name} in resource names; default: "
+                              "the account id. Set per account by the fleet.")
+    fleet: FleetSettings | None = Field(None, description="Several accounts from one settings file: the target "
+                                        "role to assume and the accounts (socfeeds.fleet). Unset: this account only.")
     endpoint_url: str | None = Field(None, description="Only for an emulator; unset for real AWS.")
     aws_credentials_block: str | None = Field(None, description="prefect-aws AwsCredentials block name.")
     omit_conditional_denies: bool = Field(
@@ -542,6 +558,20 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(16, ge=1, le=64, description="Sizes the AWS connection pool (2x); flows run up to "
                                  "16 tasks at once, fixed in flows/_common.concurrent_tasks.")
     xsiam_api_key: SecretStr | None = None
+    _declared: dict[str, Any] = PrivateAttr(default_factory=dict)  # as written, placeholders unfilled: for targets
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_declared(cls, data: Any, handler: ModelWrapValidatorHandler[Settings]) -> Settings:
+        """Keep the values as declared, so each fleet target can be rendered from them with its own names."""
+        settings = handler(data)
+        if isinstance(data, dict):
+            settings._declared = copy.deepcopy(data)
+        return settings
+
+    @property
+    def declared(self) -> dict[str, Any]:
+        return copy.deepcopy(self._declared)
 
     @classmethod
     def settings_customise_sources(
@@ -590,6 +620,11 @@ class Settings(BaseSettings):
         _one_owner_each(rendered)
         return self
 
+    @property
+    def _placeholders(self) -> dict[str, str]:
+        name = self.account_name or self.account_id
+        return {"account_id": self.account_id, "region": self.region, "account_name": name}
+
     def _render_firehose(self, name: str, feed: FirehoseFeed) -> FirehoseFeed:
         where = f"firehose_feeds.{name}"
         if not _FEED_NAME_RE.match(name):
@@ -598,7 +633,7 @@ class Settings(BaseSettings):
         if not cluster or not re.match(r"^[0-9A-Za-z][A-Za-z0-9_-]{0,99}$", cluster):
             raise ValueError(f"{where}.cluster_name: {cluster!r} is not an EKS cluster name "
                              "(set it, or the top-level eks_cluster_name)")
-        values = {"account_id": self.account_id, "region": self.region, "cluster": cluster}
+        values = {**self._placeholders, "cluster": cluster}
         rendered = {field: str(getattr(feed, field)).format(**values) for field in (
             "delivery_stream", "error_bucket", "subscription_filter", "logs_role", "firehose_role")}
         if not is_valid_bucket_name(rendered["error_bucket"]):
@@ -621,7 +656,7 @@ class Settings(BaseSettings):
         where = f"s3_feeds.{name}"
         if not _FEED_NAME_RE.match(name):
             raise ValueError(f"{where}: feed name {name!r} must be lowercase letters, digits and '-'")
-        values = {"account_id": self.account_id, "region": self.region}
+        values = self._placeholders
         bucket = feed.bucket.format(**values)
         additional = tuple(b.format(**values) for b in feed.additional_buckets)
         queue = feed.queue.format(**values)
@@ -722,9 +757,13 @@ def load_settings() -> Settings:
     except ValidationError as invalid:
         source = os.environ.get(SETTINGS_FILE_ENV)
         where = f"settings file {source}" if source else "SOCFEEDS_* environment variables"
-        lines = [_explain(error) for error in invalid.errors(include_url=False)]
-        raise SettingsError(f"{len(lines)} invalid setting(s) in {where} (or the environment):\n"
-                            + "\n".join(f"- {line}" for line in lines)) from None
+        raise SettingsError(f"{len(invalid.errors())} invalid setting(s) in {where} (or the environment):\n"
+                            + describe_errors(invalid)) from None
+
+
+def describe_errors(invalid: ValidationError) -> str:
+    """One line per invalid field: its dotted name and what is wrong, without pydantic's links."""
+    return "\n".join(f"- {_explain(error)}" for error in invalid.errors(include_url=False))
 
 
 def _explain(error: Any) -> str:
