@@ -1,8 +1,11 @@
 """The on-call alerts, as data: Prefect automations that post to the channel's incoming webhook.
 
 Applied by `python -m deployments.deploy` (after `prefect deploy --all`), idempotently: each
-automation is found by name and updated in place, or created. The webhook URL comes from settings
-(`alerts.webhook_url`, a secret) and is kept only in a Custom Webhook notification block's secrets.
+automation is found by name and updated in place, or created; one no longer listed is deleted.
+One message per incident: a failed run sends one message (its state message names every failed feed or
+check, with the fix), and the deployment's next completed run sends one "recovered" message.
+The webhook URL comes from settings (`alerts.webhook_url`, a secret) and is kept only in a Custom Webhook
+notification block's secrets.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from socfeeds.settings import AlertSettings, is_loopback
 
 DEPLOYMENT_TAG = "socfeeds"  # every deployment in prefect.yaml carries it (the `common` anchor)
 RUN_LINK = "{{ flow_run|ui_url }}"
+ALERT_PREFIX = "socfeeds: "  # every alert's name starts so; others on the server are not ours to touch
 
 
 @dataclass(frozen=True)
@@ -50,17 +54,22 @@ ALERTS = [
             "{{ flow_run.state.message or '' }}\n"
             f"Run: {RUN_LINK}\n"
             "{% if flow_run.state.name == 'Crashed' %}The flow process died: read the worker's log on its host."
-            "{% else %}The run's artifact lists what failed, where, and the fix.{% endif %} "
+            "{% else %}Every failure, where it is and its fix: the run's {{ flow.name }}-failures artifact."
+            "{% endif %} "
             "Once fixed: prefect deployment run '{{ flow.name }}/{{ deployment.name }}' --watch"
         ),
     ),
     Alert(
-        name="socfeeds: canary failed",
-        description="A feed's daily canary event did not arrive (one message per feed, with the leg and fix).",
-        expect=frozenset({"socfeeds.canary.failed"}),
-        match={"prefect.resource.id": "socfeeds.feed.*"},
-        subject="socfeeds canary: feed {{ event.resource.name }} failed at the {{ event.payload.leg }} leg",
-        body=f"{{{{ event.payload.detail }}}}\nFix: {{{{ event.payload.fix }}}}\nRun: {RUN_LINK}",
+        name="socfeeds: run recovered",
+        description="A deployment whose last run failed or crashed completed again: the incident is over.",
+        expect=frozenset({"socfeeds.run.recovered"}),
+        match={"prefect.resource.id": "socfeeds.deployment.*"},
+        subject="socfeeds: {{ event.resource.name }} recovered",
+        body=(
+            "Run {{ flow_run.name }} of {{ event.resource.name }} completed. The previous run, "
+            "{{ event.payload.previous_run }}, ended {{ event.payload.previous_state }}: "
+            "{{ event.payload.previous_message }}\nNo action needed. Run: " + RUN_LINK
+        ),
     ),
     Alert(
         name="socfeeds: rotation awaits approval",
@@ -140,6 +149,10 @@ def apply_alerts(alerts: AlertSettings) -> list[str]:
     block_id = save_webhook_block(alerts)
     done = [f"alerts: notification block {alerts.block_name!r} saved"]
     with get_client(sync_client=True) as client:
+        for retired in client.read_automations():  # an alert dropped from ALERTS must stop firing too
+            if retired.name.startswith(ALERT_PREFIX) and retired.name not in {alert.name for alert in ALERTS}:
+                client.delete_automation(retired.id)
+                done.append(f"alerts: deleted retired {retired.name!r}")
         for alert in ALERTS:
             wanted = automation(alert, block_id)
             existing = client.read_automations_by_name(alert.name)

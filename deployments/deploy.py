@@ -1,17 +1,25 @@
 """`make deploy`: prefect.yaml's deployments and the on-call alerts, to the server in PREFECT_API_URL.
 
-One command for both, so a deployment never goes live without its alerts. The settings
+One command for both, so a deployment never goes live without its alerts; each deployment's `feeds`
+parameter is then limited to the feed names the settings declare. The settings
 (SOCFEEDS_SETTINGS_FILE / SOCFEEDS_*) are validated first: a bad value stops the deploy with the
 field named. The work pool is not touched: create it once (README, Deployments).
 """
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from deployments.alerts import apply_alerts
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import DeploymentUpdate
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
+from prefect.exceptions import PrefectHTTPStatusError
+
+from deployments.alerts import DEPLOYMENT_TAG, apply_alerts
 from socfeeds.settings import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +34,45 @@ def deploy(settings: Settings) -> list[str]:
                             capture_output=True, text=True, timeout=300, check=False)
     if answer.returncode != 0:
         raise DeployFailed(f"prefect deploy --all failed:\n{answer.stdout[-2000:]}{answer.stderr[-2000:]}")
-    return ["deployments: prefect.yaml applied", *apply_alerts(settings.alerts)]
+    return ["deployments: prefect.yaml applied", limit_feeds_parameter(settings), *apply_alerts(settings.alerts)]
+
+
+# --- the feeds parameter: only declared feed names -----------------------------------------------------------------
+
+
+def limit_feeds_parameter(settings: Settings) -> str:
+    """Narrow each socfeeds deployment's `feeds` parameter to the feed names declared in the settings.
+
+    Prefect generates `list[str] | None` from the flow signature, so a typo (`cloudtral`) or an empty list would
+    start a run that only fails on the worker. With the names as an enum and `minItems: 1` in the deployment's
+    schema (enforced), the server refuses such a run before it is created and the UI offers the names as choices.
+    None (or no value) still means every feed.
+    """
+    names = [*settings.s3_feeds, *settings.firehose_feeds]
+    with get_client(sync_client=True) as client:
+        mine = DeploymentFilter(tags=DeploymentFilterTags(all_=[DEPLOYMENT_TAG]))
+        for deployment in client.read_deployments(deployment_filter=mine):
+            schema = copy.deepcopy(deployment.parameter_openapi_schema or {})
+            feeds = schema.get("properties", {}).get("feeds")
+            if feeds is None:
+                continue  # e.g. rotate-reader-keys
+            where = f"{client.read_flow(deployment.flow_id).name}/{deployment.name}"
+            _limit_to(feeds, names, where)
+            try:
+                client.update_deployment(deployment.id, DeploymentUpdate(
+                    parameter_openapi_schema=schema, enforce_parameter_schema=True))
+            except PrefectHTTPStatusError as refused:  # e.g. a default `feeds` naming an undeclared feed
+                raise DeployFailed(f"{where}: feeds parameter schema refused: {refused.response.text}") from None
+    return f"deployments: feeds parameter limited to {len(names)} declared feeds"
+
+
+def _limit_to(feeds: dict[str, Any], names: list[str], where: str) -> None:
+    """Set the enum and minItems on the property's array form (Prefect writes `anyOf: [array, null]`)."""
+    arrays = [form for form in feeds.get("anyOf", [feeds]) if form.get("type") == "array"]
+    if not arrays:
+        raise DeployFailed(f"{where}: the feeds parameter is no longer a list; cannot limit it: {feeds}")
+    for form in arrays:
+        form.update(items={"type": "string", "enum": names}, minItems=1)
 
 
 def main() -> int:

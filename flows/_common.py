@@ -116,7 +116,7 @@ def gather(futures: Iterable[tuple[str, PrefectFuture[list[T]]]]) -> tuple[list[
             upstream = [name for run_id, name in label_of.items() if run_id in str(future.state.message)]
             errors.append((label, f"skipped: it waits on {', '.join(upstream) or 'a step'}, which did not finish"))
             continue
-        outcome: object = future.state.result(raise_on_failure=False)
+        outcome: object = items_of(future.state)
         if isinstance(outcome, list):
             items.extend(outcome)
         else:
@@ -181,14 +181,33 @@ def announce_recovery(flow_name: str) -> None:
                             "previous_message": one_line(last.state.message or "")[:500]})
 
 
+class FailedWith(Exception):
+    """The data of a Failed state a flow or task returns: its message and the items it still produced.
+
+    Prefect needs a Failed state's data to be an exception (it raises it to a caller, and logs a TypeError
+    for anything else), so the items travel inside one; `items_of` gives them back.
+    """
+
+    def __init__(self, message: str, items: object) -> None:
+        super().__init__(message)
+        self.items = items
+
+
 def failed_with(message: str, data: T) -> T:
     """A Failed state carrying `data`, for a task or flow to return instead of raising.
 
     Prefect makes a returned state the run's own: the UI marks it red with `message` and no traceback,
-    and `state.result(raise_on_failure=False)` gives back `data`. A caller of the run itself still gets
-    `data` or an exception, which is why the type stays `T`.
+    and `items_of(state)` gives back `data`. A caller of the run itself gets `data` or an exception,
+    which is why the type stays `T`.
     """
-    return cast(T, Failed(message=message, data=data))
+    error = data if isinstance(data, BaseException) else FailedWith(message, data)
+    return cast(T, Failed(message=message, data=error))
+
+
+def items_of(state: State[Any]) -> Any:
+    """What a run or task produced, whether it Completed or ended Failed through `failed_with`."""
+    outcome = state.result(raise_on_failure=False)
+    return outcome.items if isinstance(outcome, FailedWith) else outcome
 
 
 def one_line(text: str) -> str:

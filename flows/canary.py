@@ -30,7 +30,7 @@ from tasks.canary import CanaryResult, canary_feed, writer_clients
 from tasks.xql import XqlClient
 
 CANARY_COLUMNS = ["status", "leg", "fix", "feed", "strategy", "latency_ms", "detail"]
-FAILURE_COLUMNS = ["feed", "leg", "detail", "fix"]
+FAILURE_COLUMNS = ["feed", "leg", "fix", "detail"]
 FAILURES_ARTIFACT = "feed-canary-failures"
 LATENCY_VARIABLE = "socfeeds-canary-latency-ms"
 PROGRESS_SECONDS = 10.0

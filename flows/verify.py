@@ -33,7 +33,7 @@ from tasks.reader import check_reader
 from tasks.sources import check_source
 
 FINDING_COLUMNS = ["status", "fix", "feed", "resource", "check", "detail"]
-FAILURE_COLUMNS = ["status", "feed", "resource", "check", "detail", "fix"]
+FAILURE_COLUMNS = ["status", "fix", "feed", "resource", "check", "detail"]  # the fix on screen at any width
 FAILURES_ARTIFACT = "verify-feeds-failures"
 SHOWN_IN_MESSAGE = 3  # the state message stays one readable line; the artifact lists every failure
 FEED_CHECKS = (check_bucket, check_queue, check_notification, check_source)

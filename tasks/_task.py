@@ -29,7 +29,7 @@ def aws_task(name: str, per_feed: bool = True, retries: int = 0) -> Callable[[Ca
     """A task named after what it does and the feed it does it for, never cached.
 
     Results are live AWS state, so caching would hide drift; transient AWS errors are retried by
-    botocore's standard retry mode in the client factory. `retries` adds whole-step retries with
+    botocore's adaptive retry mode in the client factory. `retries` adds whole-step retries with
     exponential backoff and jitter (IAM's eventual consistency), never for access denials.
     """
 

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 # The probe-tested flags for this closed network: no background connections, no sandbox as root.
+# --run-all-compositor-stages-before-draw: the screenshot shows the page as rendered at the end of the virtual
+# time budget; without it the UI's route fade-in was often caught half-way (a dimmed form in the PNG).
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1920,1080", "--virtual-time-budget=15000"]
+         "--virtual-time-budget=15000", "--run-all-compositor-stages-before-draw"]
 
 
 def find_or_install() -> str:
@@ -32,11 +34,13 @@ def find_or_install() -> str:
     return shutil.which("chromium") or pytest.fail("apt-get installed chromium but it is not on PATH")
 
 
-def page_text(chromium: str, url: str, screenshot: Path) -> str:
-    """Render the page, keep a PNG of it; returns the page's visible text, spaces collapsed."""
+def page_text(chromium: str, url: str, screenshot: Path, window: tuple[int, int] = (1920, 1080)) -> str:
+    """Render the page in a window of `window` (width, height) px, keep a PNG of it; returns the page's visible
+    text, spaces collapsed."""
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as profile:
-        answer = subprocess.run([chromium, *FLAGS, f"--user-data-dir={profile}", "--dump-dom",
+        answer = subprocess.run([chromium, *FLAGS, f"--window-size={window[0]},{window[1]}",
+                                 f"--user-data-dir={profile}", "--dump-dom",
                                  f"--screenshot={screenshot}", url], capture_output=True, text=True, timeout=120,
                                 check=False)
     assert answer.returncode == 0, f"chromium {url} failed: {answer.stderr[-1000:]}"

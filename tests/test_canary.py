@@ -14,6 +14,7 @@ from test_xsiam_standin import eventually
 
 import flows.canary
 from deployments.local.stack import LocalXsiam
+from flows._common import items_of
 from flows.canary import CANARY_COLUMNS, FAILURES_ARTIFACT, LATENCY_VARIABLE, feed_canary
 from flows.provision import provision_feeds
 from socfeeds.policies import CANARY_STREAM_PREFIX
@@ -44,7 +45,7 @@ def run(feeds: list[str] | None = None) -> tuple[bool, dict[str, CanaryResult]]:
 def run_state(feeds: list[str] | None = None) -> tuple[bool, dict[str, CanaryResult], State[Any]]:
     """A failed run carries every feed's result as its data, not an exception."""
     state = feed_canary(feeds=feeds, return_state=True)
-    results = state.result(raise_on_failure=False)
+    results = items_of(state)
     assert isinstance(results, list), results
     return state.is_completed(), {r.feed: r for r in results}, state
 

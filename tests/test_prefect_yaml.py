@@ -9,6 +9,8 @@ from typing import Any
 import yaml
 from prefect import Flow
 
+from flows._fleet import CHILD_DEPLOYMENT
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,7 +28,8 @@ def flow_of(entrypoint: str) -> Flow[Any, Any]:
 def test_every_deployment_names_a_flow_the_outside_world_relies_on() -> None:
     names = {f"{flow_of(d['entrypoint']).name}/{d['name']}" for d in deployments()}
     assert names == {"provision-feeds/on-demand", "verify-feeds/daily", "feed-canary/daily",
-                     "rotate-reader-keys/weekly", "rotate-reader-keys/on-demand"}
+                     "rotate-reader-keys/weekly", "rotate-reader-keys/on-demand", *(
+                         f"{flow}/{CHILD_DEPLOYMENT}" for flow in ("provision-feeds", "verify-feeds", "feed-canary"))}
 
 
 def test_schedules_are_cron_in_london_and_parameters_enforced() -> None:
@@ -47,7 +50,11 @@ def test_no_secret_in_the_file() -> None:
     assert not any(word in text for word in ("api_key", "secret_access_key", "token:", "password"))
 
 
-def test_every_deployment_carries_the_tag_the_failure_alert_matches() -> None:
+def test_every_deployment_people_run_carries_the_tag_the_failure_alert_matches_and_children_do_not() -> None:
+    """A fleet's failing account alerts once, through its parent: the children's deployments lack the tag."""
     from deployments.alerts import DEPLOYMENT_TAG
 
-    assert all(DEPLOYMENT_TAG in deployment["tags"] for deployment in deployments())
+    for deployment in deployments():
+        child = deployment["name"] == CHILD_DEPLOYMENT
+        assert (DEPLOYMENT_TAG in deployment["tags"]) is not child, deployment["name"]
+        assert not (child and deployment.get("schedules")), "children are started by their parent only"

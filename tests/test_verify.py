@@ -11,6 +11,7 @@ import pytest
 from conftest import Stack
 from prefect.client.schemas.objects import Artifact, State
 
+from flows._common import items_of
 from flows.provision import provision_feeds
 from flows.verify import FAILURES_ARTIFACT, FEED_CHECKS, FINDING_COLUMNS, verify_feeds
 from socfeeds.report import Finding, Status
@@ -244,7 +245,7 @@ def test_verify_flow_fails_with_the_report_and_publishes_the_table(stack: Stack)
     stop_trail(stack, "cloudtrail")
     state = verify_feeds(feeds=["cloudtrail"], return_state=True)
     assert state.is_failed()
-    findings = state.result(raise_on_failure=False)
+    findings = items_of(state)
     assert isinstance(findings, list) and all(isinstance(f, Finding) for f in findings), findings
     assert state.message is not None and "\n" not in state.message
     assert "cloudtrail source:cloudtrail trail logging: logging is stopped" in state.message
@@ -277,7 +278,7 @@ def test_failed_check_marks_its_task_failed_and_the_run_keeps_every_finding(stac
     assert (f"All {len(everything)} checks passed." in summary) is (not warned), summary
     drop_notification(stack, "cloudtrail")
     state = verify_feeds(feeds=["cloudtrail"], return_state=True)
-    findings = state.result(raise_on_failure=False)
+    findings = items_of(state)
     assert isinstance(findings, list)
     checked = {(f.resource, f.check) for f in findings}
     assert {(f.resource, f.check) for f in everything if not f.resource.endswith(" notification")} <= checked
