@@ -11,6 +11,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -24,6 +25,7 @@ class ChatInbox:
         self.log_path = log_path
         self.path = f"/services/{secrets.token_urlsafe(16)}"  # the credential, as a Slack hook's path is
         self._messages: list[str] = []
+        self.arrived_at: dict[str, datetime] = {}  # when each message came, for measuring alert latency
         self._arrived = threading.Condition()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, name="chat-inbox", daemon=True)
@@ -62,6 +64,7 @@ class ChatInbox:
     def _receive(self, text: str) -> None:
         with self._arrived:
             self._messages.append(text)
+            self.arrived_at.setdefault(text, datetime.now(UTC))
             with self.log_path.open("a") as log:
                 log.write(json.dumps({"text": text}) + "\n")
             self._arrived.notify_all()
