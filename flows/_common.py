@@ -64,12 +64,18 @@ class Run:
         return [name for name in self.feeds if name in self.settings.s3_feeds]
 
     @property
+    def delivering_feeds(self) -> list[str]:
+        """Feeds whose source this account wires into another account's bucket (a central log archive)."""
+        return [name for name in self.feeds if name in self.settings.delivering_feeds]
+
+    @property
     def firehose_feeds(self) -> list[str]:
         return [name for name in self.feeds if name in self.settings.firehose_feeds]
 
     def owner(self, feed: str) -> str:
         """Who owns a feed's resources; shared ones (reader, canary writer, keys) follow the top-level setting."""
-        declared = self.settings.s3_feeds.get(feed) or self.settings.firehose_feeds.get(feed)
+        declared = (self.settings.s3_feeds.get(feed) or self.settings.delivering_feeds.get(feed)
+                    or self.settings.firehose_feeds.get(feed))
         return (declared.managed_by if declared else None) or self.settings.managed_by
 
 

@@ -69,7 +69,7 @@ def start_fleet(feeds: list[str] | None, accounts: list[str] | None) -> Fleet:
 
 
 def _catalog(settings: Settings) -> list[str]:
-    return [*settings.s3_feeds, *settings.firehose_feeds]
+    return [*settings.s3_feeds, *settings.delivering_feeds, *settings.firehose_feeds]
 
 
 def target_inputs(fleet: Fleet, target: Target, flow_name: str) -> tuple[Settings, AwsClients]:

@@ -70,7 +70,8 @@ def feed_canary(feeds: list[str] | None = None, accounts: list[str] | None = Non
     wants_siem = run.firehose_feeds or any(run.settings.s3_feeds[n].canary_strategy == "siem" for n in run.s3_feeds)
     xql = XqlClient.from_settings(run.settings) if wants_siem else None
     futures: list[tuple[str, PrefectFuture[list[CanaryResult]]]] = [
-        (name, canary_task.submit(run.aws, writer, xql, run.settings, name, run_tag)) for name in run.feeds]
+        (name, canary_task.submit(run.aws, writer, xql, run.settings, name, run_tag)) for name in run.feeds
+        if name not in run.delivering_feeds]
     wait_reporting_progress(run, futures)
     results, errors = gather((f"canary[{name}]", future) for name, future in futures)
     history = record_latencies(results, run.settings.canary.latency_history)
@@ -87,6 +88,9 @@ def feed_canary(feeds: list[str] | None = None, accounts: list[str] | None = Non
     publish("feed-canary", summary, results, CANARY_COLUMNS)
     publish_failures(FAILURES_ARTIFACT, summary, failed, FAILURE_COLUMNS, f"All {len(results)} feeds passed.")
     publish_feed_status("feed-canary", run.target, {
+        **{name: ("pass", f"delivers to s3://{feed.bucket} of account {feed.bucket_account}, whose canary confirms "
+                          "the bucket's path") for name, feed in run.settings.delivering_feeds.items()
+           if name in run.feeds},
         **{label.partition("[")[2].rstrip("]"): ("fail", one_line(error)) for label, error in errors},
         **{r.feed: ("pass" if r.passed else "fail", "" if r.passed else explain(r)) for r in results}})
     problems = [explain(r) for r in failed] + [one_line(f"{label} crashed: {error} -> see the task run's log")

@@ -86,6 +86,9 @@ def provision_feeds(feeds: list[str] | None = None, dry_run: bool = False,
             (f"ensure-source[{name}]", ensure_source.submit(run.aws, run.settings, name, plan_only,
                                                              return_state=False, wait_for=[bucket, keys])),
         ]
+    for name in run.delivering_feeds:  # the bucket is another account's: only the source is wired here
+        plan_only = dry_run or run.owner(name) == "terraform"
+        steps.append((f"ensure-source[{name}]", ensure_source.submit(run.aws, run.settings, name, plan_only)))
     for name in run.firehose_feeds:
         plan_only = dry_run or run.owner(name) == "terraform"
         logging = ensure_cluster_logging.submit(run.aws, run.settings, name, plan_only)

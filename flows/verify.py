@@ -52,6 +52,7 @@ def failed_checks(findings: list[Finding]) -> list[str]:
 reader_check, writer_check, key_check = (failing_when(check, failed_checks)
                                          for check in (check_reader, check_canary_writer, check_key_policies))
 feed_checks = [failing_when(check, failed_checks) for check in FEED_CHECKS]
+source_check = feed_checks[FEED_CHECKS.index(check_source)]
 firehose_feed_checks = [failing_when(check, failed_checks) for check in FIREHOSE_FEED_CHECKS]
 
 
@@ -81,6 +82,8 @@ def verify_feeds(feeds: list[str] | None = None, accounts: list[str] | None = No
         ("check-key-policies", key_check.submit(run.aws, run.settings))]
     for name in run.s3_feeds:
         checks += [(f"{check.name}[{name}]", check.submit(run.aws, run.settings, name)) for check in feed_checks]
+    for name in run.delivering_feeds:  # the bucket is another account's feed: here only the source is checked
+        checks.append((f"check-source[{name}]", source_check.submit(run.aws, run.settings, name)))
     for name in run.firehose_feeds:
         checks += [(f"{check.name}[{name}]", check.submit(run.aws, run.settings, name))
                    for check in firehose_feed_checks]

@@ -102,16 +102,21 @@ def source_write_statements(feed: S3Feed, settings: Settings) -> list[Statement]
              "Condition": {"StringEquals": {"s3:x-amz-acl": "bucket-owner-full-control", **trail}}},
         ]
     if isinstance(source, FlowLogSource | ResolverQueryLogSource):
-        principal = {"Service": "delivery.logs.amazonaws.com"}
+        # A central bucket names every account that delivers into it (VPC User Guide, "Amazon S3 bucket
+        # permissions for flow logs": aws:SourceAccount and aws:SourceArn lists, one AWSLogs/<account>/ each).
+        accounts = [settings.account_id, *feed.source_accounts]
+        sources = [Arns(settings.region, account).log_delivery_sources() for account in accounts]
         scope = {
-            "StringEquals": {"aws:SourceAccount": settings.account_id},
-            "ArnLike": {"aws:SourceArn": arns.log_delivery_sources()},
+            "StringEquals": {"aws:SourceAccount": accounts if feed.source_accounts else settings.account_id},
+            "ArnLike": {"aws:SourceArn": sources if feed.source_accounts else sources[0]},
         }
+        principal = {"Service": "delivery.logs.amazonaws.com"}
+        writes = [f"{bucket_arn}/AWSLogs/{account}/*" for account in accounts]
         return [
             {"Sid": "SocfeedsLogDeliveryAclCheck", "Effect": "Allow", "Principal": principal,
              "Action": ["s3:GetBucketAcl", "s3:ListBucket"], "Resource": bucket_arn, "Condition": scope},
             {"Sid": "SocfeedsLogDeliveryWrite", "Effect": "Allow", "Principal": principal,
-             "Action": "s3:PutObject", "Resource": logs_prefix,
+             "Action": "s3:PutObject", "Resource": writes if feed.source_accounts else logs_prefix,
              "Condition": {**scope, "StringEquals": {**scope["StringEquals"],
                                                      "s3:x-amz-acl": "bucket-owner-full-control"}}},
         ]

@@ -239,6 +239,13 @@ class S3Feed(_Strict):
         "siem", description="siem: find the canary in XSIAM (production). queue: long-poll the feed's queue; "
         "only for queues no one else reads (XSIAM would race the canary for the message).")
     canary_deadline_seconds: int = Field(120, ge=5, le=3600)
+    source_accounts: tuple[str, ...] = Field(
+        (), description="A central log-archive bucket: other accounts whose flow logs or resolver query logs deliver "
+        "here; the bucket policy lets log delivery write under AWSLogs/<account>/ for each (and this account).")
+    bucket_account: str | None = Field(
+        None, description="The account that owns the bucket when it is not this one (a member account delivering "
+        "to a central log-archive bucket): here socfeeds wires only the source to it; the bucket, queue and "
+        "notification are the owning account's feed.")
 
     @field_validator("kms_key_arn")
     @classmethod
@@ -257,6 +264,28 @@ class S3Feed(_Strict):
     @property
     def dlq_name(self) -> str:
         return self.dlq or f"{self.queue}-dlq"
+
+    @field_validator("source_accounts")
+    @classmethod
+    def _accounts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [a for a in value if not re.fullmatch(r"\d{12}", a)]
+        if bad:
+            raise ValueError(f"{bad} are not 12-digit AWS account ids")
+        return value
+
+    @field_validator("bucket_account")
+    @classmethod
+    def _bucket_account(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"\d{12}", value):
+            raise ValueError(f"{value!r} is not a 12-digit AWS account id")
+        return value
+
+    @model_validator(mode="after")
+    def _delivery_sources_only(self) -> S3Feed:
+        if self.source_accounts and not isinstance(self.source, FlowLogSource | ResolverQueryLogSource):
+            raise ValueError("source_accounts: cross-account delivery is modelled for flow logs and resolver query "
+                             "logs (log delivery); for CloudTrail use one trail per account into its own bucket")
+        return self
 
     @property
     def buckets(self) -> tuple[str, ...]:
@@ -558,6 +587,9 @@ class Settings(BaseSettings):
     max_concurrency: int = Field(16, ge=1, le=64, description="Sizes the AWS connection pool (2x); flows run up to "
                                  "16 tasks at once, fixed in flows/_common.concurrent_tasks.")
     xsiam_api_key: SecretStr | None = None
+    delivering_feeds: dict[str, S3Feed] = Field(
+        default_factory=dict, exclude=True, description="Set by validation, never in a file: the s3_feeds whose "
+        "bucket another account owns (bucket_account); here only their source is wired.")
     _declared: dict[str, Any] = PrivateAttr(default_factory=dict)  # as written, placeholders unfilled: for targets
 
     @model_validator(mode="wrap")
@@ -565,13 +597,18 @@ class Settings(BaseSettings):
     def _keep_declared(cls, data: Any, handler: ModelWrapValidatorHandler[Settings]) -> Settings:
         """Keep the values as declared, so each fleet target can be rendered from them with its own names."""
         settings = handler(data)
-        if isinstance(data, dict):
-            settings._declared = copy.deepcopy(data)
+        if not isinstance(data, dict):  # an instance given back to validation keeps what it has
+            return settings
+        settings._declared = copy.deepcopy(data)
         return settings
 
     @property
     def declared(self) -> dict[str, Any]:
         return copy.deepcopy(self._declared)
+
+    def s3_feed(self, name: str) -> S3Feed:
+        """An S3 feed by name, whether its bucket is this account's or another's."""
+        return self.s3_feeds.get(name) or self.delivering_feeds[name]
 
     @classmethod
     def settings_customise_sources(
@@ -611,7 +648,10 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _render_and_check_feeds(self) -> Settings:
         rendered = {name: self._render(name, feed) for name, feed in self.s3_feeds.items()}
-        object.__setattr__(self, "s3_feeds", rendered)
+        delivering = {name: feed for name, feed in rendered.items()
+                      if feed.bucket_account not in {None, self.account_id}}
+        object.__setattr__(self, "delivering_feeds", {**self.delivering_feeds, **delivering})
+        object.__setattr__(self, "s3_feeds", {name: feed for name, feed in rendered.items() if name not in delivering})
         firehose = {name: self._render_firehose(name, feed) for name, feed in self.firehose_feeds.items()}
         object.__setattr__(self, "firehose_feeds", firehose)
         clash = sorted(set(rendered) & set(firehose))
@@ -687,7 +727,7 @@ class Settings(BaseSettings):
 
     def select_feeds(self, names: list[str] | None) -> list[str]:
         """The feed names a run covers; unknown names are refused with the list of known ones."""
-        known = [*self.s3_feeds, *self.firehose_feeds]
+        known = [*self.s3_feeds, *self.delivering_feeds, *self.firehose_feeds]
         if names is None:
             return known
         if not names:

@@ -53,7 +53,7 @@ def check_source_wiring(source: Any, aws: AwsClients, settings: Settings, feed: 
 
 @aws_task("ensure-source")
 def ensure_source(aws: AwsClients, settings: Settings, feed_name: str, dry_run: bool) -> list[Change]:
-    feed = settings.s3_feeds[feed_name]
+    feed = settings.s3_feed(feed_name)
     if feed.source is None:
         return []
     changes = ChangesFor(feed_name, f"source:{feed.source.kind}", dry_run)
@@ -63,7 +63,7 @@ def ensure_source(aws: AwsClients, settings: Settings, feed_name: str, dry_run: 
 
 @aws_task("check-source")
 def check_source(aws: AwsClients, settings: Settings, feed_name: str) -> list[Finding]:
-    feed = settings.s3_feeds[feed_name]
+    feed = settings.s3_feed(feed_name)
     if feed.source is None:
         return []
     check = FindingsFor(feed_name, f"source:{feed.source.kind}")
@@ -112,7 +112,7 @@ def _provenance(name: str, declared: str) -> str:
 def count_sources(aws: AwsClients, settings: Settings, feed_name: str) -> dict[str, int]:
     """How many sources of the feed's kind deliver into its bucket, and for query logging how many associations
     of the VPC with them (1 is right; more means duplicate records)."""
-    feed = settings.s3_feeds[feed_name]
+    feed = settings.s3_feed(feed_name)
     source = feed.source
     bucket_arn = Arns(settings.region, settings.account_id).bucket(feed.bucket)
     if isinstance(source, FlowLogSource):
@@ -185,7 +185,7 @@ def _trail_drift(feed: S3Feed, trail: Mapping[str, Any]) -> list[str]:
 def plan_trail(aws: AwsClients, settings: Settings, feed_name: str, state: TrailState) -> list[Step]:
     """Adopt the trail writing to the bucket (keeping its name and key prefix) and converge its settings; create
     the declared trail only when none writes there."""
-    feed = settings.s3_feeds[feed_name]
+    feed = settings.s3_feed(feed_name)
     assert isinstance(feed.source, CloudTrailSource)
     declared = feed.source.trail_name
     settings_args: dict[str, Any] = {

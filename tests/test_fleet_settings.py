@@ -1,0 +1,119 @@
+"""A fleet is declared once: every account's settings render from the shared catalog with its own names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from test_settings import BASE, feed, no_settings_env  # noqa: F401 (the fixture keeps the environment out)
+
+from socfeeds.policies import source_write_statements
+from socfeeds.settings import Settings, SettingsError
+from socfeeds.targets import OrgAccount, Target, declared_targets, enrolled, not_covered, select, target_settings
+
+ARCHIVE, MEMBER = "222222222222", "333333333333"
+FLOW = {"kind": "vpc_flow_log"}
+
+
+def fleet_settings(accounts: list[dict[str, Any]], **values: Any) -> Settings:
+    catalog = {"app": feed(), "flows": feed(bucket="flows-{account_name}-{region}", queue="flows", source=FLOW)}
+    return Settings(**{**BASE, "s3_feeds": catalog, "fleet": {"external_id": "x", "accounts": accounts}, **values})
+
+
+def test_a_single_account_file_is_a_fleet_of_one_with_the_flows_own_credentials() -> None:
+    settings = Settings(**BASE)
+    [target] = declared_targets(settings)
+    assert (target.account_id, target.region, target.assume) == ("123456789012", "eu-west-2", None)
+    assert target_settings(settings, target) is settings
+
+
+def test_each_account_renders_the_shared_catalog_with_its_own_names_regions_and_overrides() -> None:
+    settings = fleet_settings([
+        {"account_id": ARCHIVE, "name": "log-archive", "regions": ["eu-west-2", "eu-west-1"]},
+        {"account_id": MEMBER, "overrides": {"vpc_id": "vpc-0abcdef0123456789",
+                                             "s3_feeds": {"app": {"retention_days": 90}}}}])
+    targets = declared_targets(settings)
+    assert [t.key for t in targets] == [f"{ARCHIVE}/eu-west-2", f"{ARCHIVE}/eu-west-1", f"{MEMBER}/eu-west-2"]
+    assert targets[0].assume == f"arn:aws:iam::{ARCHIVE}:role/socfeeds-target"
+    archive_west1 = target_settings(settings, targets[1])
+    assert archive_west1.s3_feeds["flows"].bucket == "flows-log-archive-eu-west-1"
+    assert archive_west1.s3_feeds["app"].bucket == f"my-logs-{ARCHIVE}"
+    member = target_settings(settings, targets[2])
+    assert member.account_id == MEMBER and member.vpc_id == "vpc-0abcdef0123456789"
+    assert member.s3_feeds["app"].retention_days == 90
+    assert member.s3_feeds["flows"].bucket == f"flows-{MEMBER}-eu-west-2"
+    assert settings.s3_feeds["app"].retention_days == 30, "an override changes only its account"
+
+
+def test_clusters_repeat_the_firehose_feeds_and_feeds_choose_from_the_catalog() -> None:
+    eks = {"eks": {"delivery_stream": "cp-{cluster}"}}
+    expanded = fleet_settings([{"account_id": MEMBER, "clusters": ["blue", "green"]}], firehose_feeds=eks)
+    rendered = target_settings(expanded, declared_targets(expanded)[0])
+    assert {n: f.delivery_stream for n, f in rendered.firehose_feeds.items()} == {
+        "eks-blue": "cp-blue", "eks-green": "cp-green"}
+    chosen = fleet_settings([{"account_id": MEMBER, "clusters": ["blue", "green"], "feeds": ["app", "eks-blue"]}],
+                            firehose_feeds=eks)
+    some = target_settings(chosen, declared_targets(chosen)[0])
+    assert (list(some.s3_feeds), list(some.firehose_feeds)) == (["app"], ["eks-blue"])
+    wrong = fleet_settings([{"account_id": MEMBER, "clusters": ["blue", "green"], "feeds": ["eks"]}],
+                           firehose_feeds=eks)
+    with pytest.raises(SettingsError, match=r"feeds \['eks'\] are not in the catalog"):
+        target_settings(wrong, declared_targets(wrong)[0])
+
+
+def test_an_override_that_breaks_an_account_is_refused_naming_the_account_and_field() -> None:
+    settings = fleet_settings([{"account_id": MEMBER, "name": "payments", "overrides": {"vpc_id": "subnet-1"}}])
+    with pytest.raises(SettingsError, match=r"fleet account payments \(333333333333/eu-west-2\): 1 invalid .*\n- "
+                                            r"vpc_id: 'subnet-1' is not a VPC id"):
+        target_settings(settings, declared_targets(settings)[0])
+
+
+@pytest.mark.parametrize(("accounts", "refusal"), [
+    ([{"account_id": "1234"}], "is not a 12-digit AWS account id"),
+    ([{"account_id": MEMBER}, {"account_id": MEMBER}], "declared more than once"),
+    ([{"account_id": MEMBER, "overrides": {"account_id": ARCHIVE}}], "overrides cannot set"),
+])
+def test_a_bad_fleet_is_refused(accounts: list[dict[str, Any]], refusal: str) -> None:
+    with pytest.raises(ValueError, match=refusal):
+        fleet_settings(accounts)
+
+
+def test_accounts_are_chosen_by_id_name_or_id_and_region_and_unknown_ones_refused() -> None:
+    targets = declared_targets(fleet_settings([{"account_id": ARCHIVE, "name": "log-archive"},
+                                               {"account_id": MEMBER}]))
+    assert [t.account_id for t in select(targets, ["log-archive"])] == [ARCHIVE]
+    assert [t.account_id for t in select(targets, [f"{MEMBER}/eu-west-2"])] == [MEMBER]
+    with pytest.raises(SettingsError, match=r"unknown account\(s\) \['nope'\]"):
+        select(targets, ["nope"])
+    with pytest.raises(SettingsError, match="an empty list selects no account"):
+        select(targets, [])
+
+
+def test_organization_accounts_without_a_target_are_not_covered_unless_enrolled() -> None:
+    settings = fleet_settings([{"account_id": MEMBER}])
+    found = [OrgAccount(MEMBER, "payments"), OrgAccount(ARCHIVE, "sandbox")]
+    assert not_covered(enrolled(settings, found), found) == [OrgAccount(ARCHIVE, "sandbox")]
+    enrolling = fleet_settings([{"account_id": MEMBER}], fleet={
+        "external_id": "x", "accounts": [{"account_id": MEMBER}], "organization": {"enabled": True, "enroll": True}})
+    targets = enrolled(enrolling, found)
+    assert [t.account_id for t in targets] == [MEMBER, ARCHIVE] and not not_covered(targets, found)
+    assert targets[1] == Target(ARCHIVE, "sandbox", "eu-west-2", None, f"arn:aws:iam::{ARCHIVE}:role/socfeeds-target")
+
+
+def test_a_central_archive_bucket_admits_each_member_and_a_member_wires_only_its_source() -> None:
+    central = f"flows-archive-{ARCHIVE}"
+    settings = fleet_settings([
+        {"account_id": ARCHIVE, "overrides": {"s3_feeds": {"flows": {"bucket": central, "source_accounts": [MEMBER]}}}},
+        {"account_id": MEMBER, "overrides": {"s3_feeds": {"flows": {"bucket": central, "bucket_account": ARCHIVE}}}}])
+    archive, member = (target_settings(settings, t) for t in declared_targets(settings))
+    write = next(s for s in source_write_statements(archive.s3_feeds["flows"], archive)
+                 if s["Sid"] == "SocfeedsLogDeliveryWrite")
+    assert write["Resource"] == [f"arn:aws:s3:::{central}/AWSLogs/{account}/*" for account in (ARCHIVE, MEMBER)]
+    assert write["Condition"]["StringEquals"]["aws:SourceAccount"] == [ARCHIVE, MEMBER]
+    assert "flows" not in member.s3_feeds and member.delivering_feeds["flows"].bucket == central
+    assert member.select_feeds(["flows"]) == ["flows"] and member.s3_feed("flows").bucket_account == ARCHIVE
+
+
+def test_only_log_delivery_sources_deliver_across_accounts() -> None:
+    with pytest.raises(ValueError, match="cross-account delivery is modelled for flow logs and resolver"):
+        Settings(**{**BASE, "s3_feeds": {"app": feed(source_accounts=[MEMBER])}})
