@@ -48,3 +48,17 @@ class Arns:
 
     def log_group(self, group: str) -> str:
         return f"arn:{self.partition}:logs:{self.region}:{self.account_id}:log-group:{group}"
+
+    def user(self, path: str, name: str) -> str:
+        return f"arn:{self.partition}:iam::{self.account_id}:user{path}{name}"
+
+    def secret(self, name: str) -> str:
+        """Every version of the named secret: Secrets Manager ends its ARN with '-' and six random characters."""
+        return f"arn:{self.partition}:secretsmanager:{self.region}:{self.account_id}:secret:{name}-??????"
+
+    def parameter(self, name: str) -> str:
+        """An SSM parameter; a hierarchical name's leading '/' is the ARN's own separator."""
+        return f"arn:{self.partition}:ssm:{self.region}:{self.account_id}:parameter/{name.removeprefix('/')}"
+
+    def cluster(self, name: str) -> str:
+        return f"arn:{self.partition}:eks:{self.region}:{self.account_id}:cluster/{name}"
