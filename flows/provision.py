@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import cast
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
 from pydantic import BaseModel
 
 import tasks.rds  # noqa: F401 (registers the RDS and CloudFront source wiring)
 from flows._common import (
+    Run,
     concurrent_tasks,
     failed_with,
     fleet_result,
@@ -21,9 +23,11 @@ from flows._common import (
     publish_failures,
     target_run,
 )
-from flows._fleet import publish_feed_status, start_fleet
-from socfeeds import terraform
+from flows._fleet import Fleet, publish_feed_status, start_fleet
+from socfeeds import target_role, terraform
 from socfeeds.report import Change
+from socfeeds.resolve import flows_identity, resolve
+from socfeeds.targets import target_settings
 from tasks.buckets import ensure_bucket
 from tasks.canary import ensure_canary_writer
 from tasks.firehose import ensure_cluster_logging, ensure_delivery_stream, ensure_subscription
@@ -32,6 +36,7 @@ from tasks.notifications import ensure_notification
 from tasks.queues import ensure_queues
 from tasks.reader import ensure_reader
 from tasks.sources import ensure_source
+from tasks.target_role import ensure_target_role
 
 CHANGE_COLUMNS = ["feed", "resource", "action", "detail", "applied", "owner"]
 STEP_COLUMNS = ["step", "outcome", "detail"]
@@ -63,10 +68,13 @@ def provision_feeds(feeds: list[str] | None = None, dry_run: bool = False,
         accounts: Fleet accounts (id, name, or id/region); None means every account, one child run each.
     """
     fleet = start_fleet(feeds, accounts)
+    tooling_role = ensure_tooling_role(fleet, dry_run)  # before any run assumes it there
     if fleet.fans_out:
         return cast(list[Change], fleet_result("provision-feeds", fleet, {"feeds": feeds, "dry_run": dry_run},
                                                provision_feeds))
     run = target_run(fleet, feeds, "provision-feeds")
+    if run.target:
+        publish_role_documents(fleet, run, tooling_role)
     shared = dry_run or run.settings.managed_by == "terraform"  # the reader, the writer, key policies
     keys = ensure_key_policies.submit(run.aws, run.settings, shared)  # S3 and CloudTrail test the key on setup
     steps: list[tuple[str, PrefectFuture[list[Change]]]] = [
@@ -132,3 +140,46 @@ def feed_status(feeds: list[str], changes: list[Change], problems: list[StepProb
     cells = {feed: ("fail", of(feed)[0].detail) if of(feed) else ("pass", f"{sum(c.feed == feed for c in changes)} "
                                                                           "changes") for feed in feeds}
     return {"shared": ("fail", of("shared")[0].detail), **cells} if of("shared") else cells
+
+
+def tooling_identity(fleet: Fleet) -> tuple[str, str]:
+    """The account the flows run in and the principal a target role's trust names."""
+    caller = str(fleet.aws.sts.get_caller_identity()["Arn"])
+    return caller.split(":")[4], flows_identity(fleet.aws, caller)
+
+
+def ensure_tooling_role(fleet: Fleet, dry_run: bool) -> list[Change]:
+    """The fleet role in the flows' own account, when that account is a target: the one role provision can make."""
+    if fleet.settings.fleet is None:
+        return []
+    account, principal = tooling_identity(fleet)
+    mine = [t for t in fleet.targets if t.account_id == account]
+    if not mine:
+        return []
+    settings = resolve(target_settings(fleet.settings, mine[0]), fleet.aws)
+    changes = ensure_target_role(fleet.aws, settings, [principal], dry_run)
+    if changes:
+        get_run_logger().info("fleet role in the tooling account %s: %s", account,
+                              "; ".join(f"{c.action} {c.detail}" for c in changes))
+    return changes
+
+
+def publish_role_documents(fleet: Fleet, run: Run, tooling_role: list[Change]) -> None:
+    """The target role this account needs, for its platform team: trust, the read-only grant to give first,
+    the provision grant (in managed-policy parts)."""
+    assert run.target is not None and fleet.settings.fleet is not None
+    _, principal = tooling_identity(fleet)
+    external = fleet.settings.fleet.external_id
+    docs = target_role.documents(run.settings, [principal], external.get_secret_value() if external else None)
+    parts = target_role.attachable(docs["provision"])
+    made = "".join(f"- {c.action}: {c.detail}{'' if c.applied else ' (not applied)'}\n" for c in tooling_role)
+    create_markdown_artifact(key="provision-feeds-target-role", description=f"Target role for {run.target.label}",
+                             markdown=(
+        f"# Role {fleet.settings.fleet.role_name} in {run.target.label}\n\n"
+        + (f"Made in the tooling account by this run:\n\n{made}\n" if made else "")
+        + "Trust (the external id is required: keep it out of version control):\n\n"
+        f"```json\n{json.dumps(docs['trust'], indent=1)}\n```\n\n"
+        "## Read-only grant (verify-feeds and a dry-run provision): grant this first\n\n"
+        f"```json\n{json.dumps(docs['verify'], indent=1)}\n```\n\n"
+        f"## Provision grant ({len(parts)} managed policies, attach all)\n\n"
+        + "\n\n".join(f"```json\n{json.dumps(part, indent=1)}\n```" for part in parts) + "\n"))

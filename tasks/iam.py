@@ -1,12 +1,14 @@
-"""Reading IAM documents back: what a user or role is actually granted."""
+"""IAM documents: what a user or role is actually granted, and a managed policy kept at a wanted document."""
 
 from __future__ import annotations
 
+import json
 from typing import Literal
 from urllib.parse import unquote
 
 from socfeeds import policies
-from socfeeds.aws import AwsClients
+from socfeeds.aws import AwsClients, absent_on
+from socfeeds.report import ChangesFor
 
 
 def document_of(value: object) -> policies.Document:
@@ -33,3 +35,25 @@ def granted_statements(aws: AwsClients, kind: Literal["user", "role"], name: str
                   for p in iam.list_role_policies(RoleName=name)["PolicyNames"]]
     documents = [default_document(aws, a["PolicyArn"]) for a in attached] + [document_of(d) for d in inline]
     return [s for d in documents for s in policies.as_list(d.get("Statement", []))]
+
+
+IAM_MAX_POLICY_VERSIONS = 5
+
+
+def ensure_managed_policy(aws: AwsClients, changes: ChangesFor, policy_arn: str, wanted: policies.Document,
+                          purpose: str) -> None:
+    """A customer-managed policy whose default version is `wanted`: created, or given a new default version
+    (the oldest other version deleted when IAM's five are used)."""
+    path, name = policy_arn.split(":policy", 1)[1].rsplit("/", 1)
+    if absent_on({"NoSuchEntity"}, aws.iam.get_policy, PolicyArn=policy_arn) is None:
+        changes.make("create policy", f"{name}: {purpose}", lambda: aws.iam.create_policy(
+            PolicyName=name, Path=f"{path}/", PolicyDocument=json.dumps(wanted)), wanted=wanted)
+    elif policies.canonical(default_document(aws, policy_arn)) != policies.canonical(wanted):
+        def new_version() -> None:
+            versions = aws.iam.list_policy_versions(PolicyArn=policy_arn)["Versions"]
+            old = sorted((v for v in versions if not v["IsDefaultVersion"]), key=lambda v: v["CreateDate"])
+            if len(versions) >= IAM_MAX_POLICY_VERSIONS and old:
+                aws.iam.delete_policy_version(PolicyArn=policy_arn, VersionId=old[0]["VersionId"])
+            aws.iam.create_policy_version(PolicyArn=policy_arn, PolicyDocument=json.dumps(wanted), SetAsDefault=True)
+
+        changes.make("update policy", f"{name}: new default version ({purpose})", new_version)

@@ -5,7 +5,6 @@ No access key is made here; keys belong to the rotation flow and live only in Se
 
 from __future__ import annotations
 
-import json
 from typing import Literal
 
 from socfeeds import policies
@@ -15,10 +14,9 @@ from socfeeds.errors import OnCallError
 from socfeeds.report import Change, ChangesFor, Finding, FindingsFor
 from socfeeds.settings import Settings
 from tasks._task import aws_task
-from tasks.iam import default_document, document_of, granted_statements
+from tasks.iam import document_of, ensure_managed_policy, granted_statements
 from tasks.roles import ensure_role
 
-IAM_MAX_POLICY_VERSIONS = 5
 READER = "reader"
 
 
@@ -40,13 +38,6 @@ def _same_name_elsewhere(aws: AwsClients, settings: Settings) -> str | None:
     wanted = _policy_arn(settings)
     return next((str(p["Arn"]) for page in pages for p in page["Policies"]
                  if p["PolicyName"] == settings.reader.policy_name and p["Arn"] != wanted), None)
-
-
-def _make_room_for_a_version(aws: AwsClients, policy_arn: str) -> None:
-    versions = aws.iam.list_policy_versions(PolicyArn=policy_arn)["Versions"]
-    old = sorted((v for v in versions if not v["IsDefaultVersion"]), key=lambda v: v["CreateDate"])
-    if len(versions) >= IAM_MAX_POLICY_VERSIONS and old:
-        aws.iam.delete_policy_version(PolicyArn=policy_arn, VersionId=old[0]["VersionId"])
 
 
 class MissingExternalId(RuntimeError, OnCallError):
@@ -92,17 +83,7 @@ def ensure_reader(aws: AwsClients, settings: Settings, dry_run: bool) -> list[Ch
         raise PolicyNameTaken(f"managed policy {reader.policy_name} already exists as {elsewhere} (IAM allows one "
                               f"policy of a name per account). Fix: set reader.policy_path = {path!r} to adopt it, "
                               "or choose another reader.policy_name, then rerun provision-feeds")
-    if policy is None:
-        changes.make("create policy", f"{reader.policy_name}: read feed queues and objects only",
-                     lambda: aws.iam.create_policy(PolicyName=reader.policy_name, Path=_policy_path(settings),
-                                                   PolicyDocument=json.dumps(wanted)), wanted=wanted)
-    elif policies.canonical(default_document(aws, policy_arn)) != policies.canonical(wanted):
-        def new_version() -> None:
-            _make_room_for_a_version(aws, policy_arn)
-            aws.iam.create_policy_version(PolicyArn=policy_arn, PolicyDocument=json.dumps(wanted),
-                                          SetAsDefault=True)
-
-        changes.make("update policy", f"{reader.policy_name}: new default version for the current feeds", new_version)
+    ensure_managed_policy(aws, changes, policy_arn, wanted, "read feed queues and objects only")
 
     attached = _attached(aws, kind, name) if principal_exists or not dry_run else []
     if policy_arn not in attached:
