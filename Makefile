@@ -12,11 +12,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)  # KMS=1: every feed on one customer-managed KMS key; BROWNFIELD=1: adopt an existing estate
-	$(PY) -m deployments.local.demo $(if $(KMS),--kms) $(if $(BROWNFIELD),--brownfield)
+demo: $(STAMP)  # KMS=1: every feed on one customer-managed KMS key; BROWNFIELD=1: adopt an existing estate; FLEET=3: 3 accounts
+	$(PY) -m deployments.local.demo $(if $(KMS),--kms) $(if $(BROWNFIELD),--brownfield) $(if $(FLEET),--fleet $(FLEET))
 
 up: $(STAMP)
-	$(PY) -m deployments.local.demo --keep $(if $(KMS),--kms) $(if $(BROWNFIELD),--brownfield)
+	$(PY) -m deployments.local.demo --keep $(if $(KMS),--kms) $(if $(BROWNFIELD),--brownfield) $(if $(FLEET),--fleet $(FLEET))
 
 deploy: $(STAMP)  # to the server in PREFECT_API_URL: prefect.yaml and the alerts (README, Deployments)
 	$(PY) -m deployments.deploy

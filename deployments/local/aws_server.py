@@ -15,11 +15,13 @@ from moto.server import ThreadedMotoServer
 from deployments.local import (
     auth_fidelity,
     ec2_fidelity,
+    faults,
     firehose_fidelity,
     kms_fidelity,
     secrets_fidelity,
     sqs_speed,
     state_fidelity,
+    trust_fidelity,
 )
 
 
@@ -34,6 +36,8 @@ def main() -> None:
     secrets_fidelity.apply()
     state_fidelity.apply()
     ec2_fidelity.apply()
+    trust_fidelity.apply()
+    faults.apply()  # a test fault injector, not a fidelity patch: off until a test or benchmark asks for a fault
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()
     stop = threading.Event()

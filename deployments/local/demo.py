@@ -54,15 +54,20 @@ def main() -> int:
     parser.add_argument("--kms", action="store_true", help="the KMS profile: every feed on one customer-managed key")
     parser.add_argument("--brownfield", action="store_true",
                         help="first build an estate as another team's Terraform would, then adopt it")
+    parser.add_argument("--fleet", type=int, default=0, metavar="N",
+                        help="an AWS Organization with N target accounts (the tooling account and N-1 more), one more "
+                        "account no target covers, and two workers on the pool")
     args = parser.parse_args()
-    with LocalStack(args.state_dir, kms=args.kms, brownfield=args.brownfield) as stack:
+    with LocalStack(args.state_dir, kms=args.kms, brownfield=args.brownfield, fleet=args.fleet) as stack:
         assert stack.prefect is not None
         env = stack.env()
         stack.apply_env()
         print(f"local stack up: AWS {stack.aws.endpoint_url}, Prefect {stack.prefect.api_url}", flush=True)
         started = time.monotonic()
         print(stack.prefect.deploy(env), flush=True)
-        worker = stack.prefect.start_worker(env, stack.state_dir / "logs")
+        workers = [stack.prefect.start_worker(env, stack.state_dir / "logs")]
+        if stack.fleet:  # child runs spread across two workers on the pool
+            workers.append(stack.prefect.start_worker(env, stack.state_dir / "logs", name="socfeeds-worker-2"))
         stack.phases.append(("work pool, deployments and alerts, worker", stack.phases[-1][1] +
                              time.monotonic() - started))
         print("start-up, seconds since the start (the venv install before it is not counted):\n" + "\n".join(
@@ -82,7 +87,8 @@ def main() -> int:
                 signal.pause()
             return status
         finally:
-            worker.stop()
+            for worker in workers:
+                worker.stop()
 
 
 def run_main_job(stack: LocalStack, env: dict[str, str]) -> int:

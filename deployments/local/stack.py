@@ -13,7 +13,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,8 @@ from socfeeds.settings import SETTINGS_FILE_ENV, default_s3_feeds
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
 
+    from deployments.local.fleet import LocalFleet
+
 ACCOUNT_ID = "123456789012"  # moto's default account
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REGION = "eu-west-2"
@@ -49,9 +51,11 @@ PLATFORM_CLUSTER = "live"
 class Credentials:
     access_key_id: str
     secret_access_key: str
+    session_token: str = ""  # an assumed role's session (a fleet account reached through its role)
 
     def env(self) -> dict[str, str]:
-        return {"AWS_ACCESS_KEY_ID": self.access_key_id, "AWS_SECRET_ACCESS_KEY": self.secret_access_key}
+        env = {"AWS_ACCESS_KEY_ID": self.access_key_id, "AWS_SECRET_ACCESS_KEY": self.secret_access_key}
+        return {**env, "AWS_SESSION_TOKEN": self.session_token} if self.session_token else env
 
     def __repr__(self) -> str:
         return f"Credentials({self.access_key_id}, secret=***)"
@@ -75,12 +79,15 @@ class LocalAws:
         self.admin: Credentials | None = None
         self.vpc_id = ""
         self.subnet_ids: list[str] = []
+        self.before_auth: list[Callable[[], None]] = []  # e.g. a fleet's other accounts: see deployments/local/fleet
 
     def start(self) -> LocalAws:
         self.process.start(stdout=subprocess.PIPE)
         port = int(self.process.read_ready_line(deadline_s=60)["port"])
         self.endpoint_url = f"http://127.0.0.1:{port}"
         self.admin = self._bootstrap_admin()
+        for step in self.before_auth:
+            step()
         self._moto_api("reset-auth", "0")  # from here on every call must be signed by a known key
         self.vpc_id = self._seed_platform()
         return self
@@ -92,7 +99,8 @@ class LocalAws:
         creds = credentials or self.admin
         assert creds is not None
         return cast(Any, boto3).client(service, region_name=REGION, endpoint_url=self.endpoint_url,
-                            aws_access_key_id=creds.access_key_id, aws_secret_access_key=creds.secret_access_key)
+                            aws_access_key_id=creds.access_key_id, aws_secret_access_key=creds.secret_access_key,
+                            aws_session_token=creds.session_token or None)
 
     def _moto_api(self, path: str, body: str) -> None:
         request = urllib.request.Request(  # noqa: S310 (our own http://127.0.0.1 endpoint)
@@ -127,18 +135,44 @@ class LocalAws:
             name=name, roleArn=f"arn:aws:iam::{ACCOUNT_ID}:role/{name}-eks-cluster",
             resourcesVpcConfig={"subnetIds": self.subnet_ids})
 
-    def queue_url(self, name: str) -> str:
+    def queue_url(self, name: str, account_id: str = ACCOUNT_ID) -> str:
         """moto's queue URL for a name, known before the queue exists (as an AWS queue URL is)."""
-        return f"{self.endpoint_url}/{ACCOUNT_ID}/{name}"
+        return f"{self.endpoint_url}/{account_id}/{name}"
 
-    def put_token_secret(self, name: str, token: str) -> None:
-        """What an operator does with the token XSIAM issues for the HTTP collector (a new version if it exists)."""
-        secrets = self.client("secretsmanager")
+    def put_token_secret(self, name: str, token: str, credentials: Credentials | None = None) -> None:
+        """What an operator does with the token XSIAM issues for the HTTP collector (a new version if it exists);
+        credentials: an operator of another account (a fleet's), else the admin."""
+        secrets = self.client("secretsmanager", credentials)
         value = json.dumps({"api_key": token})
         try:
             secrets.create_secret(Name=name, SecretString=value)
         except secrets.exceptions.ResourceExistsException:
             secrets.put_secret_value(SecretId=name, SecretString=value)
+
+    # Faults (deployments/local/faults.py): a test's or benchmark's throttling and latency, per account.
+
+    def throttle(self, account_id: str, service: str, calls: int) -> None:
+        """The account's next `calls` requests to `service` (signing name, or "*") are throttled as AWS does."""
+        self._faults("POST", {"account_id": account_id, "service": service, "throttle_calls": calls})
+
+    def slow_down(self, account_id: str, latency_ms: int, service: str = "*") -> None:
+        """Every request of the account ("*": of every account) waits latency_ms first; 0 removes the latency."""
+        self._faults("POST", {"account_id": account_id, "service": service, "latency_ms": latency_ms})
+
+    def clear_faults(self) -> None:
+        self._faults("DELETE")
+
+    def fault_counts(self) -> dict[str, Any]:
+        """What the injector did: {"faults": [...], "throttled": {"<acct>/<service>": n}, "delayed": {"<acct>": n}}."""
+        return self._faults("GET")
+
+    def _faults(self, method: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        request = urllib.request.Request(  # noqa: S310 (our own http://127.0.0.1 endpoint)
+            f"{self.endpoint_url}/socfeeds-faults", method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 (our own http://127.0.0.1 endpoint)
+            return dict(json.loads(answer.read()))
 
 
 class LocalPrefect:
@@ -183,12 +217,16 @@ class LocalPrefect:
                 raise StackError(f"{' '.join(argv[1:])} failed: {answer.stdout[-2000:]}{answer.stderr[-2000:]}")
         return answer.stdout.strip()
 
-    def start_worker(self, env: dict[str, str], log_dir: Path, pool: str = "socfeeds") -> ManagedProcess:
-        """A process worker polling every second, so a CLI-triggered run starts promptly."""
+    def start_worker(self, env: dict[str, str], log_dir: Path, pool: str = "socfeeds",
+                     name: str | None = None) -> ManagedProcess:
+        """A process worker polling every second, so a CLI-triggered run starts promptly.
+
+        name: several workers on one pool need distinct names (a fleet's child runs spread across them)."""
         worker = ManagedProcess(
-            "prefect worker", python_module("prefect", "worker", "start", "--pool", pool, "--type", "process",
-                                            "--install-policy", "never"),
-            log_dir / "prefect-worker.log",
+            f"prefect worker {name or ''}".strip(),
+            python_module("prefect", "worker", "start", "--pool", pool, "--type", "process",
+                          "--install-policy", "never", *(["--name", name] if name else [])),
+            log_dir / (f"prefect-worker-{name}.log" if name else "prefect-worker.log"),
             env={**env, "SOCFEEDS_HOME": str(REPO_ROOT), "PREFECT_WORKER_QUERY_SECONDS": "1",
                  "PREFECT_WORKER_PREFETCH_SECONDS": "1"})
         worker.start()
@@ -334,10 +372,12 @@ class LocalStack:
     """Everything `make demo` needs, started in order and stopped in reverse, even on Ctrl-C."""
 
     def __init__(self, state_dir: Path, with_prefect: bool = True, collect: bool = True, kms: bool = False,
-                 brownfield: bool = False) -> None:
+                 brownfield: bool = False, fleet: int = 0) -> None:
         """collect=False leaves the feed queues to the `queue` canary strategy (no other consumer);
         kms=True puts every feed on one customer-managed key (the KMS profile); brownfield=True first builds an
-        estate the way another team's Terraform would, and the settings adopt it (deployments/local/brownfield.py)."""
+        estate the way another team's Terraform would, and the settings adopt it (deployments/local/brownfield.py);
+        fleet=N: an AWS Organization with N target accounts (the first is this tooling account) and one account
+        no target covers, the settings' `fleet` section listing the N (deployments/local/fleet.py)."""
         self.state_dir = state_dir.resolve()
         self.with_prefect = with_prefect
         self.collect = collect
@@ -345,6 +385,14 @@ class LocalStack:
         self.brownfield = brownfield
         self.phases: list[tuple[str, float]] = []  # (what, seconds since start) as each finished
         self.aws = LocalAws(self.state_dir)
+        self.fleet: LocalFleet | None = None
+        if fleet:
+            from deployments.local.fleet import LocalFleet
+
+            if kms or brownfield:
+                raise StackError("fleet mode does not combine with the KMS or brownfield profiles yet")
+            self.fleet = LocalFleet(self.aws, fleet)
+            self.aws.before_auth.append(self.fleet.bootstrap)  # other accounts' roles exist before IAM auth is on
         self.prefect: LocalPrefect | None = None
         self.xsiam: LocalXsiam | None = None
         self.inbox: ChatInbox | None = None
@@ -361,6 +409,10 @@ class LocalStack:
             self.aws.start()
             self._stack.callback(self.aws.stop)
             self._phase("AWS emulator (moto) with IAM auth and the platform seed", started)
+            if self.fleet:
+                self.fleet.seed()
+                self._phase(f"fleet: Organization, {len(self.fleet.accounts)} target accounts' platform and role",
+                            started)
             write_aws_env(self.aws, self.state_dir / "aws.env")
             self.xsiam = LocalXsiam(self.state_dir, self.aws)  # its URL goes into the settings
             self.inbox = ChatInbox(self.state_dir / "logs" / "on-call-channel.jsonl").start()
@@ -373,12 +425,19 @@ class LocalStack:
                 from deployments.local import brownfield
 
                 values = brownfield.build(self.aws, values, self.xsiam.firehose_url, self.xsiam.firehose_token).values
-            if self.collect:
+            if self.fleet:
+                values = self.fleet.settings(values, self.state_dir)
+            if self.collect and self.fleet:
+                self.fleet.collect(self.xsiam, values)
+            elif self.collect:
                 self.xsiam.collect(collector_feeds(self.aws, values), reader_secret_id=values["reader"]["secret_name"])
             self.xsiam.start()
             self._stack.callback(self.xsiam.stop)
-            self.aws.put_token_secret(values["firehose_feeds"]["eks-control-plane"]["token_secret_name"],
-                                      self.xsiam.firehose_token)
+            token_secret = values["firehose_feeds"]["eks-control-plane"]["token_secret_name"]
+            if self.fleet:
+                self.fleet.put_token_secrets(token_secret, self.xsiam.firehose_token)
+            else:
+                self.aws.put_token_secret(token_secret, self.xsiam.firehose_token)
             self._phase("settings, XSIAM stand-in and on-call inbox", started)
             if self.with_prefect:
                 self.prefect = LocalPrefect(self.state_dir).start()
@@ -397,8 +456,16 @@ class LocalStack:
     def hand_reader_key_to_xsiam(self) -> str:
         """After provisioning: a reader key made as production's was, pasted into the stand-in."""
         assert self.xsiam is not None
+        if self.fleet:
+            return ",".join(self.hand_reader_keys_to_xsiam().values())
         bootstrap_reader_key(self.aws, json.loads(self.settings_file.read_text())["reader"])
         return self.xsiam.reload()
+
+    def hand_reader_keys_to_xsiam(self) -> dict[str, str]:
+        """Fleet: after provisioning, every target account's reader key made and pasted; {account id: key id}."""
+        assert self.xsiam is not None and self.fleet is not None
+        self.fleet.bootstrap_reader_keys(json.loads(self.settings_file.read_text()))
+        return self.xsiam.reload_all()
 
     def env(self) -> dict[str, str]:
         """The environment a flow process needs to run against this stack."""
@@ -433,12 +500,22 @@ class LocalXsiam:
         self.process: ManagedProcess | None = None
 
     def collect(self, feeds: list[dict[str, str]], reader_secret_id: str | None = None,
-                reader_key: Credentials | None = None, reload_seconds: float | None = None) -> LocalXsiam:
-        """Also run the S3 collector (before start): the reader's key from a secret, or given directly."""
+                reader_key: Credentials | None = None, reload_seconds: float | None = None,
+                accounts: list[dict[str, Any]] | None = None,
+                operators: dict[str, Credentials] | None = None) -> LocalXsiam:
+        """Also run the S3 collector (before start): the reader's key from a secret, or given directly.
+
+        accounts: a fleet, one collector per account ({account_id, feeds, reader, operator_key_env}); operators:
+        the key each names by its operator_key_env, with which the stand-in reads that account's reader secret."""
         assert self.aws.admin is not None
-        config = {"region": REGION, "endpoint_url": self.aws.endpoint_url, "feeds": feeds,
-                  "reader": {"secret_id": reader_secret_id} if reader_secret_id else {},
-                  "reload_seconds": reload_seconds}
+        config: dict[str, Any] = {"region": REGION, "endpoint_url": self.aws.endpoint_url, "feeds": feeds,
+                                  "reader": {"secret_id": reader_secret_id} if reader_secret_id else {},
+                                  "reload_seconds": reload_seconds}
+        if accounts is not None:
+            config["accounts"] = accounts
+        for prefix, key in (operators or {}).items():
+            self.env.update({f"{prefix}_ACCESS_KEY_ID": key.access_key_id,
+                             f"{prefix}_SECRET_ACCESS_KEY": key.secret_access_key})
         config_path = write_settings(config, self.folder / "collector.json")
         self.argv += ["--config", str(config_path)]
         self.env.update(self.aws.admin.env())  # the operator's identity, only to read the reader's secret
@@ -487,17 +564,22 @@ class LocalXsiam:
         """What an operator does when pasting a key: the collector takes the key in the secret's stage."""
         return str(self._call("POST", f"/standin/reload?stage={stage}")["key_id"])
 
+    def reload_all(self, stage: str = "AWSCURRENT") -> dict[str, str]:
+        """reload() for a fleet: every account's collector; {account id: the key id it now uses}."""
+        return {str(k): str(v) for k, v in self._call("POST", f"/standin/reload?stage={stage}")["key_ids"].items()}
 
-def bootstrap_reader_key(aws: LocalAws, reader: dict[str, str]) -> str:
-    """Production's starting point: a reader key made by hand, kept where the rotation flow keeps it."""
+
+def bootstrap_reader_key(aws: LocalAws, reader: dict[str, str], credentials: Credentials | None = None) -> str:
+    """Production's starting point: a reader key made by hand, kept where the rotation flow keeps it
+    (credentials: an operator of a fleet's other account, else the admin)."""
     from socfeeds.settings import ReaderSettings
 
     settings = ReaderSettings(**reader)
-    secrets_manager = aws.client("secretsmanager")
+    secrets_manager = aws.client("secretsmanager", credentials)
     try:
         secrets_manager.describe_secret(SecretId=settings.secret_name)
     except secrets_manager.exceptions.ResourceNotFoundException:
-        key = aws.client("iam").create_access_key(UserName=settings.user_name)["AccessKey"]
+        key = aws.client("iam", credentials).create_access_key(UserName=settings.user_name)["AccessKey"]
         secrets_manager.create_secret(Name=settings.secret_name, SecretString=json.dumps(
             {"access_key_id": key["AccessKeyId"], "secret_access_key": key["SecretAccessKey"]}))
     return settings.secret_name

@@ -40,22 +40,32 @@ class FeedSource:
 
 @dataclass
 class ReaderIdentity:
-    """The reader's key, given directly or read from a Secrets Manager secret; or a role to assume."""
+    """The reader's key, given directly or read from a Secrets Manager secret; or a role to assume.
+
+    The secret is read as the operator: the process's own identity, or (one account of a fleet, where each
+    account keeps its reader's key) that account's operator key.
+    """
 
     access_key_id: str = ""
     secret_access_key: str = field(default="", repr=False)
     secret_id: str | None = None
     role_arn: str | None = None
     external_id: str | None = field(default=None, repr=False)
+    operator_key_id: str | None = None
+    operator_secret_access_key: str | None = field(default=None, repr=False)
 
 
 class Collector:
     def __init__(self, store: Store, feeds: list[FeedSource], identity: ReaderIdentity, region: str,
-                 endpoint_url: str | None, reload_seconds: float | None = None) -> None:
-        self.store, self.feeds, self.identity = store, feeds, identity
+                 endpoint_url: str | None, reload_seconds: float | None = None, account: str = "") -> None:
+        """account: the AWS account whose feeds these are (one collector per account in a fleet); "" for one."""
+        self.store, self.feeds, self.identity, self.account = store, feeds, identity, account
         self.region, self.endpoint_url = region, endpoint_url
         self.reload_seconds = reload_seconds
         self._stop = threading.Event()
+        self._first_load = threading.Lock()
+        self._changed = threading.Condition()  # a new key, or stop: feeds backing off try again at once
+        self._generation = 0
         self._lock = threading.Lock()
         self._clients: dict[str, Any] = {}
         self._threads: list[threading.Thread] = []
@@ -69,7 +79,8 @@ class Collector:
         identity = self.identity
         key_id, secret = identity.access_key_id, identity.secret_access_key
         if identity.secret_id:
-            operator = self._make_client(self._session(None, None), "secretsmanager")
+            operator = self._make_client(self._session(identity.operator_key_id, identity.operator_secret_access_key),
+                                         "secretsmanager")
             value = json.loads(operator.get_secret_value(SecretId=identity.secret_id,
                                                          VersionStage=stage)["SecretString"])
             key_id, secret = value["access_key_id"], value["secret_access_key"]
@@ -86,6 +97,9 @@ class Collector:
         clients = {service: self._make_client(session, service) for service in ("sqs", "s3")}
         with self._lock:
             self._clients, self.key_id = clients, key_id
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
 
     def _make_client(self, session: boto3.session.Session, service: str) -> Any:
         """Every client of the collector: the configured endpoint only, bounded retries."""
@@ -115,6 +129,8 @@ class Collector:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
         for thread in self._threads:
             thread.join(timeout=WAIT_SECONDS + 15)
 
@@ -126,12 +142,24 @@ class Collector:
     def _poll_feed(self, feed: FeedSource) -> None:
         backoff = 0.5
         while not self._stop.is_set():
-            loaded = bool(self._clients) or self._guard("reload", self.reload)
+            generation = self._generation
+            loaded = bool(self._clients) or self._guard("reload", self._load)
             if loaded and self._guard(f"collector:{feed.name}", self.collect_once, feed):
                 backoff = 0.5
-            else:  # auth or network trouble: back off, but keep going like the real data source
-                self._stop.wait(backoff)
+            else:  # auth or network trouble: back off (a new key ends it), but keep going like the real data source
+                self._back_off(generation, backoff)
                 backoff = min(backoff * 2, 10.0)
+
+    def _back_off(self, generation: int, seconds: float) -> None:
+        """Wait, unless the collector stops or takes a new key (then a feed's next try may work) meanwhile."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._stop.is_set() or self._generation != generation, seconds)
+
+    def _load(self) -> None:
+        """No key yet: one feed's thread loads it while the others wait (a fleet's stand-in polls many feeds)."""
+        with self._first_load:
+            if not self._clients:
+                self.reload()
 
     def _guard(self, component: str, call: Any, *args: Any) -> bool:
         """Run a step; record a failure once per change of error (a retry loop must not flood the log)."""
@@ -151,7 +179,8 @@ class Collector:
         signature = f"{kind}:{self.key_id}:{detail[:120]}"
         if self._last_failure.get(component) != signature:
             self._last_failure[component] = signature
-            self.store.add_failure(component, kind, detail, key_id=self.key_id)
+            named = f"{component}@{self.account}" if self.account and component == "reload" else component
+            self.store.add_failure(named, kind, detail, key_id=self.key_id)
 
     def collect_once(self, feed: FeedSource, max_messages: int = 10) -> int:
         """One long poll of the feed's queue; returns how many messages were handled and deleted."""

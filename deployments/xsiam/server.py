@@ -30,8 +30,10 @@ XQL_PREFIX = "/public_api/v1/xql/"
 
 
 class StandIn:
-    def __init__(self, store: Store, firehose_token: str, xql: XqlApi, collector: Collector | None) -> None:
-        self.store, self.firehose_token, self.xql, self.collector = store, firehose_token, xql, collector
+    def __init__(self, store: Store, firehose_token: str, xql: XqlApi, collectors: list[Collector]) -> None:
+        """One collector per AWS account whose feeds the tenant reads (a fleet: one per account, each with its
+        own reader key, as XSIAM has one data source per account)."""
+        self.store, self.firehose_token, self.xql, self.collectors = store, firehose_token, xql, collectors
 
 
 def make_handler(app: StandIn) -> type[BaseHTTPRequestHandler]:
@@ -76,9 +78,12 @@ def make_handler(app: StandIn) -> type[BaseHTTPRequestHandler]:
                 self._send(answer.status, answer.body)
             elif path.startswith(XQL_PREFIX):
                 self._xql(path.removeprefix(XQL_PREFIX), body)
-            elif path == "/standin/reload" and app.collector:
-                app.collector.reload(parse_qs(urlparse(self.path).query).get("stage", ["AWSCURRENT"])[0])
-                self._send(200, {"key_id": app.collector.key_id})
+            elif path == "/standin/reload" and app.collectors:
+                stage = parse_qs(urlparse(self.path).query).get("stage", ["AWSCURRENT"])[0]
+                for collector in app.collectors:
+                    collector.reload(stage)
+                self._send(200, {"key_id": ",".join(c.key_id for c in app.collectors),
+                                 "key_ids": {c.account: c.key_id for c in app.collectors}})
             else:
                 self._send(404, {"error": f"no route {path}"})
 
@@ -115,20 +120,36 @@ def make_handler(app: StandIn) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def load_collector(config_path: Path | None, store: Store) -> Collector | None:
+def load_collectors(config_path: Path | None, store: Store) -> list[Collector]:
+    """The config's collector; with `accounts`, one per account: its feeds, its reader's secret, and the
+    operator key that reads it from the env variables the account names (`operator_key_env`_ACCESS_KEY_ID, ...)."""
     if config_path is None:
-        return None
+        return []
     config = json.loads(config_path.read_text())
-    reader = config.get("reader", {})
-    identity = ReaderIdentity(
-        access_key_id=os.environ.get("XSIAM_READER_ACCESS_KEY_ID", ""),
-        secret_access_key=os.environ.get("XSIAM_READER_SECRET_ACCESS_KEY", ""),
-        secret_id=reader.get("secret_id"), role_arn=reader.get("role_arn"),
-        external_id=os.environ.get("XSIAM_READER_EXTERNAL_ID") or None,
-    )
-    feeds = [FeedSource(f["name"], f["queue_url"], f["log_type"]) for f in config["feeds"]]
-    return Collector(store, feeds, identity, config["region"], config.get("endpoint_url"),
-                     reload_seconds=config.get("reload_seconds"))
+
+    def collector(feeds: list[dict[str, str]], reader: dict[str, Any], account: str = "",
+                  operator_env: str | None = None) -> Collector:
+        identity = ReaderIdentity(
+            access_key_id=os.environ.get("XSIAM_READER_ACCESS_KEY_ID", ""),
+            secret_access_key=os.environ.get("XSIAM_READER_SECRET_ACCESS_KEY", ""),
+            secret_id=reader.get("secret_id"), role_arn=reader.get("role_arn"),
+            external_id=os.environ.get("XSIAM_READER_EXTERNAL_ID") or None,
+            operator_key_id=os.environ[f"{operator_env}_ACCESS_KEY_ID"] if operator_env else None,
+            operator_secret_access_key=os.environ[f"{operator_env}_SECRET_ACCESS_KEY"] if operator_env else None,
+        )
+        sources = [FeedSource(f["name"], f["queue_url"], f["log_type"]) for f in feeds]
+        return Collector(store, sources, identity, config["region"], config.get("endpoint_url"),
+                         reload_seconds=config.get("reload_seconds"), account=account)
+
+    if "accounts" in config:
+        return [collector(a["feeds"], a.get("reader", {}), a["account_id"], a.get("operator_key_env"))
+                for a in config["accounts"]]
+    return [collector(config["feeds"], config.get("reader", {}))]
+
+
+def reload_all(collectors: list[Collector]) -> None:
+    for collector in collectors:
+        collector.reload()
 
 
 def main() -> None:
@@ -139,18 +160,20 @@ def main() -> None:
     args = parser.parse_args()
     store = Store(args.state_dir)
     xql = XqlApi(store, os.environ["XSIAM_API_KEY"], os.environ["XSIAM_API_KEY_ID"])
-    collector = load_collector(args.config, store)
-    app = StandIn(store, os.environ["XSIAM_FIREHOSE_TOKEN"], xql, collector)
+    collectors = load_collectors(args.config, store)
+    app = StandIn(store, os.environ["XSIAM_FIREHOSE_TOKEN"], xql, collectors)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(app))
     server.daemon_threads = True
-    if collector:
+    for collector in collectors:
         collector.start()
-        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=collector.reload, daemon=True).start())
+    if collectors:
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload_all, args=(collectors,),
+                                                                  daemon=True).start())
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
     print(json.dumps({"port": server.server_address[1]}), flush=True)
     server.serve_forever()
-    if collector:
+    for collector in collectors:
         collector.stop()
     store.close()
 
