@@ -54,7 +54,7 @@ ALERTS = [
             "{{ flow_run.state.message or '' }}\n"
             f"Run: {RUN_LINK}\n"
             "{% if flow_run.state.name == 'Crashed' %}The flow process died: read the worker's log on its host."
-            "{% else %}Every failure, where it is and its fix: the run's {{ flow.name }}-failures artifact."
+            "{% else %}The artifact the message names lists every failure, where it is and its fix."
             "{% endif %} "
             "Once fixed: prefect deployment run '{{ flow.name }}/{{ deployment.name }}' --watch"
         ),

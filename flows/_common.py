@@ -27,7 +27,7 @@ from prefect.states import Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from flows._fleet import Fleet, fan_out, report, start_fleet, target_inputs
+from flows._fleet import CHILD_DEPLOYMENT, Fleet, fan_out, report, start_fleet, target_inputs
 from socfeeds.aws import AwsClients
 from socfeeds.errors import OnCallError
 from socfeeds.report import markdown_table, render_table, table_rows
@@ -146,7 +146,8 @@ def leaves_a_record(flow_name: str) -> Callable[[Callable[P, R]], Callable[P, R]
                 outcome = fn(*args, **kwargs)
             except OnCallError as error:
                 record_failure(flow_name, str(error))
-                return failed_with(one_line(f"{flow_name}: {error}"), cast(R, error))
+                return failed_with(one_line(f"{flow_name}: {error}; see artifact {flow_name}-failures"),
+                                   cast(R, error))
             except Exception as error:
                 record_failure(flow_name, f"{type(error).__name__}: {error}\n\n(Not an expected failure: the "
                                           "traceback is in the run's log.)")
@@ -169,8 +170,8 @@ def record_failure(flow_name: str, text: str) -> None:
 def announce_recovery(flow_name: str) -> None:
     """Emit socfeeds.run.recovered when this deployment's previous finished run ended Failed or Crashed."""
     deployment_id, run_id = runtime.deployment.id, runtime.flow_run.id
-    if not deployment_id or not run_id:
-        return  # not a deployment's run: nobody was alerted
+    if not deployment_id or not run_id or runtime.deployment.name == CHILD_DEPLOYMENT:
+        return  # nobody was alerted: not a deployment's run, or one account of a fleet run (its parent alerts)
     with get_client(sync_client=True) as client:
         previous = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[UUID(deployment_id)])),

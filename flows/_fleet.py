@@ -174,7 +174,8 @@ def report(flow_name: str, fleet: Fleet, outcomes: list[ChildOutcome]) -> str | 
     problems = [f"{o.target.label}: " + (", ".join(f"{feed} {cell}" for feed, cell in zip(feeds, cells, strict=True)
                                                    if cell in FAILING) or o.state)
                 for o, cells in failing]
-    if fleet.uncovered:
+    discovery = fleet.settings.fleet.organization if fleet.settings.fleet else None
+    if fleet.uncovered and discovery and discovery.uncovered == "fail":
         problems.append(f"{len(fleet.uncovered)} Organization account(s) not covered: "
                         + ", ".join(f"{a.name} ({a.account_id})" for a in fleet.uncovered)
                         + " (add them to fleet.accounts, or set fleet.organization.enroll = true)")

@@ -8,7 +8,7 @@ own credentials.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -63,6 +63,8 @@ class OrganizationDiscovery(_Strict):
     tags: dict[str, str] = Field(default_factory=dict, description="Only accounts carrying every one of these tags.")
     enroll: bool = Field(False, description="true: every discovered account is a target with the shared catalog. "
                          "false: discovery only reports accounts with no target as 'not covered'.")
+    uncovered: Literal["fail", "warn"] = Field("fail", description="An account no target covers (one the SOC does "
+                                               "not see) fails the fleet run (fail), or is only listed (warn).")
 
     @field_validator("ou_ids")
     @classmethod

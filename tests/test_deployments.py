@@ -152,7 +152,7 @@ def test_a_failed_canary_sends_one_message_with_the_fix_then_one_when_it_recover
         assert repaired.returncode == 0, repaired.stdout[-2000:]
     assert alert.startswith("*socfeeds: feed-canary/daily Failed*"), alert
     assert "application-logs: write leg failed" in alert and " -> " in alert, "the feed, the leg and the fix"
-    assert "the run's feed-canary-failures artifact" in alert
+    assert "see artifact feed-canary-failures" in alert and "The artifact the message names lists" in alert
     recovered = run_deployment("feed-canary/daily", deployed.env, {"feeds": ["application-logs"]})
     assert recovered.returncode == 0, recovered.stdout[-2000:]
     recovered_run = run_id_of(recovered)

@@ -50,6 +50,30 @@ def _refused(call: Callable[[], Any]) -> ClientError:
     return raised.value
 
 
+# --- Wildcards: `?` is one character, everything but `*` and `?` is itself ------------------------------
+
+
+def test_a_question_mark_matches_one_character_and_a_dot_only_a_dot(local_aws: LocalAws) -> None:
+    """As in a Secrets Manager ARN pattern's `-??????` (the six random characters AWS appends); moto authorises
+    S3 object calls on the object's ARN, so an object stands in."""
+    s3, bucket = local_aws.client("s3"), _name("bucket")
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.put_object(Bucket=bucket, Key="secret-Ab12Cd", Body=b"x")
+
+    def reads(pattern: str) -> bool:
+        _, creds = _user(local_aws, _allow(["s3:GetObject"], [f"arn:aws:s3:::{bucket}/{pattern}"]))
+        try:
+            local_aws.client("s3", creds).get_object(Bucket=bucket, Key="secret-Ab12Cd")
+        except ClientError as error:
+            assert error_code(error) == "AccessDenied", error
+            return False
+        return True
+
+    assert reads("secret-??????")
+    assert not reads("secret-?????"), "one '?' is one character"
+    assert not reads("secret.Ab12Cd"), "'.' is a dot, not any character"
+
+
 # --- CloudWatch Logs: the resource forms AWS evaluates ---------------------------------------------
 
 

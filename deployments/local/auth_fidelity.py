@@ -1,4 +1,4 @@
-"""Two fixes to moto's IAM enforcement, so least-privilege policies are tested as AWS applies them.
+"""Three fixes to moto's IAM enforcement, so least-privilege policies are tested as AWS applies them.
 Local stack only; moto 5.2.5.
 
 1. Signatures of REST GET/DELETE requests without a body.
@@ -18,14 +18,22 @@ This patch evaluates the same forms. Sources: CloudWatch Logs API reference, Log
 (https://docs.aws.amazon.com/AmazonCloudWatchLogs/latest/APIReference/API_LogGroup.html), and the
 Service Authorization Reference for CloudWatch Logs, resource types log-group and log-stream
 (https://docs.aws.amazon.com/service-authorization/latest/reference/list_amazoncloudwatchlogs.html).
+
+3. Wildcards in Resource and Action. moto turns a pattern into a regular expression by replacing `*` alone, so
+`?` (AWS: any one character, as in a Secrets Manager ARN's `-??????` suffix) makes the expression invalid (a
+500 for every call the policy is evaluated for), and `.` or `+` in a name match what they should not. AWS: "*"
+matches any run of characters, "?" any single character, everything else itself (IAM User Guide, "IAM JSON
+policy elements: Resource", https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_resource.html).
 """
 
 from __future__ import annotations
 
+import re
+from re import Match
 from typing import Any
 
 from botocore.awsrequest import AWSRequest
-from moto.iam.access_control import IAMRequestBase
+from moto.iam.access_control import IAMPolicyStatement, IAMRequestBase
 from moto.logs.responses import LogsResponse
 from moto.utilities.utils import get_partition
 
@@ -42,8 +50,15 @@ def _create_aws_request(self: Any) -> AWSRequest:
     return request
 
 
+def _match(pattern: str, string: str) -> Match[str] | None:
+    """AWS's wildcard matching: `*` any run of characters, `?` one character, the rest literal."""
+    expression = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.match(f"^{expression}$", string, flags=re.DOTALL)
+
+
 def apply() -> None:
     IAMRequestBase._create_aws_request = _create_aws_request  # type: ignore[method-assign]
+    IAMPolicyStatement._match = staticmethod(_match)  # type: ignore[method-assign]
     LogsResponse._determine_resource = _logs_resource  # type: ignore[attr-defined]
 
 
