@@ -164,11 +164,13 @@ class LocalFleet:
         for feed in fleet_values["s3_feeds"].values():
             feed["bucket"] = per_account(feed["bucket"])
             feed["additional_buckets"] = [per_account(b) for b in feed.get("additional_buckets", [])]
+        accounts = [{"account_id": a.account_id, "name": a.name, "overrides": self._overrides(a, values, state_dir)}
+                    for a in self.accounts]
+        archive_shape(accounts, fleet_values["s3_feeds"])
         fleet_values["fleet"] = {
             "role_name": FLEET_ROLE, "external_id": FLEET_EXTERNAL_ID,
             "organization": {"enabled": True, "uncovered": "warn"},  # listed in the matrix; the demo stays green
-            "accounts": [{"account_id": a.account_id, "name": a.name,
-                          "overrides": self._overrides(a, values, state_dir)} for a in self.accounts]}
+            "accounts": accounts}
         settings = _settings(fleet_values)
         rendered = {t.account_id: target_settings(settings, t) for t in declared_targets(settings)}
         _check_unique_buckets(rendered)
@@ -256,6 +258,24 @@ class LocalFleet:
     def client(self, account: str, service: str) -> Any:
         """A client acting in the account (by id or name) as its operator."""
         return self.aws.client(service, self.account(account).operator)
+
+
+ARCHIVED_FEED = "vpc-flow-logs"
+
+
+def archive_shape(accounts: list[dict[str, Any]], catalog: dict[str, Any]) -> None:
+    """The platform's central log archive, for flow logs: the second account's bucket receives its own and every
+    later account's flow logs (source_accounts); those accounts wire only their flow log to it (bucket_account).
+    The tooling account keeps its own bucket: both shapes side by side. Needs three accounts or more."""
+    if len(accounts) < 3 or ARCHIVED_FEED not in catalog:
+        return
+    archive, members = accounts[1], accounts[2:]
+    bucket = catalog[ARCHIVED_FEED]["bucket"].replace("{account_id}", archive["account_id"])
+    feeds = archive["overrides"].setdefault("s3_feeds", {})
+    feeds.setdefault(ARCHIVED_FEED, {})["source_accounts"] = [m["account_id"] for m in members]
+    for member in members:
+        member["overrides"].setdefault("s3_feeds", {}).setdefault(ARCHIVED_FEED, {}).update(
+            {"bucket": bucket, "bucket_account": archive["account_id"]})
 
 
 def per_account(bucket: str) -> str:
