@@ -43,6 +43,7 @@ class Fleet:
     targets: list[Target]
     uncovered: list[OrgAccount]
     catalogs: dict[str, list[str]] = field(default_factory=dict)  # target key -> its feed names
+    archives: frozenset[str] = frozenset()  # accounts whose buckets other targets deliver into
 
     @property
     def fans_out(self) -> bool:
@@ -58,14 +59,18 @@ def start_fleet(feeds: list[str] | None, accounts: list[str] | None) -> Fleet:
     found = discover(aws.organizations, settings.fleet) if settings.fleet and discovery and discovery.enabled else []
     everyone = enrolled(settings, found)
     targets = select(everyone, accounts)
-    catalogs = {t.key: _catalog(target_settings(settings, t)) for t in targets}
+    rendered = {t.key: target_settings(settings, t) for t in targets}
+    catalogs = {key: _catalog(target) for key, target in rendered.items()}
+    archives = frozenset(str(feed.bucket_account) for target in rendered.values()
+                         for feed in target.delivering_feeds.values())
     known = sorted({name for names in catalogs.values() for name in names})
     if feeds is not None and not feeds:
         settings.select_feeds(feeds)  # refuses the empty list, with the reason
     unknown = sorted(set(feeds or []) - set(known))
     if unknown:
         raise SettingsError(f"feeds: unknown feed(s) {unknown}; known: {known}")
-    return Fleet(settings, aws, targets, not_covered(everyone, found) if accounts is None else [], catalogs)
+    return Fleet(settings, aws, targets, not_covered(everyone, found) if accounts is None else [], catalogs,
+                 archives)
 
 
 def _catalog(settings: Settings) -> list[str]:
@@ -97,7 +102,8 @@ class ChildOutcome:
 
 def fan_out(flow_name: str, fleet: Fleet, parameters: dict[str, Any],
             here: Callable[..., State[Any]]) -> list[ChildOutcome]:
-    """One child run per target, at most max_concurrent_accounts at once; each child's outcome, in target order."""
+    """One child run per target, at most max_concurrent_accounts at once, the accounts whose buckets others deliver
+    into first; each child's outcome."""
     limit = fleet.settings.fleet.max_concurrent_accounts if fleet.settings.fleet else 1
     deployment = runtime.deployment.name
 
@@ -116,11 +122,16 @@ def fan_out(flow_name: str, fleet: Fleet, parameters: dict[str, Any],
 
     wanted = parameters.get("feeds")
     targets = [t for t in fleet.targets if wanted is None or set(wanted) & set(fleet.catalogs[t.key])]
+    waves = [[t for t in targets if t.account_id in fleet.archives],  # a member's source needs the archive's bucket
+             [t for t in targets if t.account_id not in fleet.archives]]
     if not deployment:  # subflows share this process's run context: one at a time
-        return [child(target) for target in targets]
+        return [child(target) for wave in waves for target in wave]
+    outcomes: list[ChildOutcome] = []
     with ThreadPoolExecutor(max_workers=limit) as pool:  # each thread waits on its child; the work is elsewhere
-        futures = [pool.submit(contextvars.copy_context().run, child, target) for target in targets]
-        return [future.result() for future in futures]
+        for wave in waves:
+            futures = [pool.submit(contextvars.copy_context().run, child, target) for target in wave]
+            outcomes += [future.result() for future in futures]
+    return outcomes
 
 
 def publish_feed_status(flow_name: str, target: Target | None, statuses: dict[str, tuple[str, str]]) -> None:

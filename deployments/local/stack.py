@@ -218,14 +218,16 @@ class LocalPrefect:
         return answer.stdout.strip()
 
     def start_worker(self, env: dict[str, str], log_dir: Path, pool: str = "socfeeds",
-                     name: str | None = None) -> ManagedProcess:
+                     name: str | None = None, limit: int | None = None) -> ManagedProcess:
         """A process worker polling every second, so a CLI-triggered run starts promptly.
 
-        name: several workers on one pool need distinct names (a fleet's child runs spread across them)."""
+        name: several workers on one pool need distinct names (a fleet's child runs spread across them).
+        limit: flow runs at once; a fleet's two workers each take at most a share of the children."""
         worker = ManagedProcess(
             f"prefect worker {name or ''}".strip(),
             python_module("prefect", "worker", "start", "--pool", pool, "--type", "process",
-                          "--install-policy", "never", *(["--name", name] if name else [])),
+                          "--install-policy", "never", *(["--name", name] if name else []),
+                          *(["--limit", str(limit)] if limit else [])),
             log_dir / (f"prefect-worker-{name}.log" if name else "prefect-worker.log"),
             env={**env, "SOCFEEDS_HOME": str(REPO_ROOT), "PREFECT_WORKER_QUERY_SECONDS": "1",
                  "PREFECT_WORKER_PREFETCH_SECONDS": "1"})

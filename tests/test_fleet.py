@@ -1,0 +1,185 @@
+"""A fleet of three accounts through the real deployments: one run each fans out per account across two workers.
+
+The stack: an Organization with three target accounts (the tooling account; workload-a, whose flow-log bucket is
+the central archive; workload-b, which delivers its flow logs there) and one account no target covers. The
+flows run as the tooling identity and assume `socfeeds-target` in each account (deployments/local/fleet.py).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import pytest
+from test_deployments import run_id_of
+
+from deployments.local.demo import latest_artifact
+from deployments.local.fleet import ARCHIVED_FEED, LocalFleet
+from deployments.local.processes import ManagedProcess
+from deployments.local.stack import LocalStack, prefect_api, run_deployment
+
+
+@dataclass
+class Fleet:
+    stack: LocalStack
+    env: dict[str, str]
+    workers: list[ManagedProcess]
+
+    @property
+    def accounts(self) -> LocalFleet:
+        assert self.stack.fleet is not None
+        return self.stack.fleet
+
+    def run(self, deployment: str, parameters: dict[str, Any] | None = None) -> tuple[int, str]:
+        """`prefect deployment run --watch`; the exit code and the parent run's id."""
+        answer = run_deployment(deployment, self.env, parameters)
+        return answer.returncode, run_id_of(answer)
+
+    def matrix(self, flow: str, run_id: str) -> dict[str, dict[str, str]]:
+        """The parent's accounts x feeds artifact of that run, as {account name: {feed: cell}}."""
+        artifact = latest_artifact(f"{flow}-fleet", self.env["PREFECT_API_URL"])
+        assert artifact is not None and str(artifact.flow_run_id) == run_id, "the run published its matrix"
+        assert isinstance(artifact.data, str)
+        lines = [line for line in artifact.data.splitlines() if line.startswith("| ")]
+        header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+        rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[1:]]
+        return {row[0].split(" ")[0]: dict(zip(header[2:], row[2:], strict=True)) for row in rows}
+
+    def markdown(self, flow: str) -> str:
+        artifact = latest_artifact(f"{flow}-fleet", self.env["PREFECT_API_URL"])
+        assert artifact is not None and isinstance(artifact.data, str)
+        return artifact.data
+
+    def message(self, run_id: str) -> str:
+        with prefect_api(self.env["PREFECT_API_URL"]) as client:
+            state = client.read_flow_run(UUID(run_id)).state
+        assert state is not None
+        return str(state.message)
+
+    def workers_of(self, parent_id: str) -> set[str]:
+        """The workers that ran the parent and its children (from the workers' submitted-flow-run events)."""
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+        from prefect.events.filters import EventFilter, EventNameFilter
+
+        with prefect_api(self.env["PREFECT_API_URL"]) as client:
+            children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[UUID(parent_id)])))
+            runs = {parent_id, *(str(child.id) for child in children)}
+            page = client.read_events(filter=EventFilter(event=EventNameFilter(
+                name=["prefect.worker.submitted-flow-run"])), limit=50)
+            events = list(page.events)
+            while page.next_page:
+                page = client.read_events_page(str(page.next_page))
+                events += page.events
+        return {event.resource.id for event in events
+                if any(r.id.removeprefix("prefect.flow-run.") in runs for r in event.related)}
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    state = tmp_path_factory.mktemp("fleet")
+    with LocalStack(state, fleet=3) as stack:
+        assert stack.prefect is not None
+        env = stack.env()
+        stack.prefect.deploy(env)
+        workers = [stack.prefect.start_worker(env, state / "logs", name=f"fleet-worker-{n}", limit=2)
+                   for n in (1, 2)]  # at most two runs each: a parent's three children cannot all share one worker
+        try:
+            provision = run_deployment("provision-feeds/on-demand", env)
+            matrix = latest_artifact("provision-feeds-fleet", env["PREFECT_API_URL"])
+            assert provision.returncode == 0, matrix.data if matrix else provision.stdout[-3000:]
+            stack.hand_reader_keys_to_xsiam()
+            yield Fleet(stack, env, workers)
+        finally:
+            for worker in workers:
+                worker.stop()
+
+
+def test_three_accounts_are_provisioned_verified_and_canaried_from_one_run_each_across_two_workers(
+        fleet: Fleet) -> None:
+    provisioned = latest_artifact("provision-feeds-fleet", fleet.env["PREFECT_API_URL"])
+    assert provisioned is not None and "# provision-feeds: 0 of 3 accounts failing" in str(provisioned.data)
+    for deployment, flow in (("verify-feeds/daily", "verify-feeds"), ("feed-canary/daily", "feed-canary")):
+        code, run_id = fleet.run(deployment)
+        assert code == 0, fleet.message(run_id)
+        matrix = fleet.matrix(flow, run_id)
+        assert set(matrix) == {"tooling", "workload-a", "workload-b"}
+        assert {cell for cells in matrix.values() for cell in cells.values()} <= {"pass", "warn"}, matrix
+        assert len(fleet.workers_of(run_id)) == 2, "the fan-out crossed workers"
+    assert "sandbox" in fleet.markdown("feed-canary").split("not covered)")[1], "the uncovered account is listed"
+
+
+def test_the_archive_admits_the_member_and_the_member_delivers_there(fleet: Fleet) -> None:
+    archive, member = fleet.accounts.account("workload-a"), fleet.accounts.account("workload-b")
+    settings = json.loads(fleet.stack.settings_file.read_text())
+    bucket = settings["s3_feeds"][ARCHIVED_FEED]["bucket"].replace("{account_id}", archive.account_id)
+    policy = json.loads(fleet.accounts.client("workload-a", "s3").get_bucket_policy(Bucket=bucket)["Policy"])
+    write = next(s for s in policy["Statement"] if s.get("Sid") == "SocfeedsLogDeliveryWrite")
+    assert write["Condition"]["StringEquals"]["aws:SourceAccount"] == [archive.account_id, member.account_id]
+    logs = fleet.accounts.client("workload-b", "ec2").describe_flow_logs()["FlowLogs"]
+    assert [log["LogDestination"] for log in logs if log["ResourceId"] == member.vpc_id] == [f"arn:aws:s3:::{bucket}"]
+    buckets = {b["Name"] for b in fleet.accounts.client("workload-b", "s3").list_buckets()["Buckets"]}
+    assert bucket not in buckets, "the member made no bucket of its own for the archived feed"
+
+
+def test_a_broken_account_fails_only_its_cells_and_the_alert_names_it(fleet: Fleet) -> None:
+    cloudtrail = fleet.accounts.client("workload-b", "cloudtrail")
+    trail = next(t["Name"] for t in cloudtrail.describe_trails()["trailList"])
+    cloudtrail.stop_logging(Name=trail)
+    try:
+        code, run_id = fleet.run("verify-feeds/daily")
+    finally:
+        cloudtrail.start_logging(Name=trail)
+    assert code == 1
+    matrix = fleet.matrix("verify-feeds", run_id)
+    assert matrix["workload-b"]["cloudtrail"] == "fail"
+    failing = {(account, feed) for account, cells in matrix.items() for feed, cell in cells.items() if cell == "fail"}
+    assert failing == {("workload-b", "cloudtrail")}, "one account's failure neither hides nor taints another's"
+    message = fleet.message(run_id)
+    assert message.startswith("verify-feeds: 1 of 3 accounts failing: workload-b (") and "cloudtrail fail" in message
+    assert fleet.markdown("verify-feeds").index("workload-b") < fleet.markdown("verify-feeds").index("tooling"), (
+        "failing accounts first")
+
+
+def test_a_throttled_account_backs_off_and_the_run_completes(fleet: Fleet) -> None:
+    account = fleet.accounts.account("workload-a").account_id
+    fleet.stack.aws.throttle(account, "iam", 6)
+    fleet.stack.aws.throttle(account, "sqs", 6)
+    try:
+        code, run_id = fleet.run("verify-feeds/daily")
+        counts = fleet.stack.aws.fault_counts()["throttled"]
+    finally:
+        fleet.stack.aws.clear_faults()
+    assert code == 0, fleet.message(run_id)
+    assert counts.get(f"{account}/iam") == 6 and counts.get(f"{account}/sqs") == 6, counts
+
+
+def test_an_account_nobody_covers_fails_the_run_when_so_declared(fleet: Fleet) -> None:
+    settings_file = fleet.stack.settings_file
+    before = settings_file.read_text()
+    values = json.loads(before)
+    values["fleet"]["organization"]["uncovered"] = "fail"
+    settings_file.write_text(json.dumps(values))
+    try:
+        code, run_id = fleet.run("verify-feeds/daily", {"feeds": ["application-logs"]})
+    finally:
+        settings_file.write_text(before)
+    assert code == 1
+    sandbox = fleet.accounts.uncovered_account_id
+    assert f"1 Organization account(s) not covered: sandbox ({sandbox})" in fleet.message(run_id)
+
+
+def test_one_account_runs_alone_in_process_and_an_unknown_account_is_refused(fleet: Fleet) -> None:
+    code, run_id = fleet.run("verify-feeds/daily", {"accounts": ["workload-a"]})
+    assert code == 0, fleet.message(run_id)
+    with prefect_api(fleet.env["PREFECT_API_URL"]) as client:
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[UUID(run_id)])))
+    assert children == [], "one account needs no child run"
+    code, refused = fleet.run("verify-feeds/daily", {"accounts": ["nope"]})
+    assert code == 1 and "accounts: unknown account(s) ['nope']; the fleet has [" in fleet.message(refused)
