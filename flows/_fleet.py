@@ -170,18 +170,24 @@ def matrix(fleet: Fleet, outcomes: list[ChildOutcome]) -> tuple[list[str], list[
 def report(flow_name: str, fleet: Fleet, outcomes: list[ChildOutcome]) -> str | None:
     """Publish `<flow>-fleet` (the accounts x feeds matrix, failures first, then the Organization accounts no
     target covers); returns the parent's one-line failure message, or None when every target passed."""
+    markdown, message = summary(flow_name, fleet, outcomes)
+    create_markdown_artifact(key=f"{flow_name}-fleet", description=f"{flow_name}: accounts x feeds", markdown=markdown)
+    get_run_logger().info("%s", markdown.splitlines()[0].removeprefix("# "))
+    return message
+
+
+def summary(flow_name: str, fleet: Fleet, outcomes: list[ChildOutcome]) -> tuple[str, str | None]:
+    """The matrix as markdown, and the one-line failure message (None when every target passed and no uncovered
+    account fails the run)."""
     feeds, rows = matrix(fleet, outcomes)
     header = "| account | run | " + " | ".join(feeds) + " |\n|" + "---|" * (len(feeds) + 2)
     lines = [f"| {o.target.label} | {o.run_name} ({o.state}) | " + " | ".join(cells) + " |" for o, cells in rows]
     failing = [(o, cells) for o, cells in rows if o.state != "Completed" or any(c in FAILING for c in cells)]
     uncovered = "\n".join(f"- {a.name} ({a.account_id})" for a in fleet.uncovered) or "none"
     details = "\n".join(f"- **{o.target.label}** {o.state}: {o.message}" for o, _ in failing)
-    create_markdown_artifact(key=f"{flow_name}-fleet", description=f"{flow_name}: accounts x feeds", markdown=(
-        f"# {flow_name}: {len(failing)} of {len(rows)} accounts failing\n\n{header}\n" + "\n".join(lines)
-        + (f"\n\n## Failing accounts\n\n{details}" if details else "")
-        + f"\n\n## Organization accounts with no target (not covered)\n\n{uncovered}\n"))
-    get_run_logger().info("%s: %d of %d accounts failing; %d Organization accounts not covered", flow_name,
-                          len(failing), len(rows), len(fleet.uncovered))
+    markdown = (f"# {flow_name}: {len(failing)} of {len(rows)} accounts failing, {len(fleet.uncovered)} not covered"
+                f"\n\n{header}\n" + "\n".join(lines) + (f"\n\n## Failing accounts\n\n{details}" if details else "")
+                + f"\n\n## Organization accounts with no target (not covered)\n\n{uncovered}\n")
     problems = [f"{o.target.label}: " + (", ".join(f"{feed} {cell}" for feed, cell in zip(feeds, cells, strict=True)
                                                    if cell in FAILING) or o.state)
                 for o, cells in failing]
@@ -191,7 +197,6 @@ def report(flow_name: str, fleet: Fleet, outcomes: list[ChildOutcome]) -> str | 
                         + ", ".join(f"{a.name} ({a.account_id})" for a in fleet.uncovered)
                         + " (add them to fleet.accounts, or set fleet.organization.enroll = true)")
     if not problems:
-        return None
-    return f"{flow_name}: {len(failing)} of {len(rows)} accounts failing: " + "; ".join(problems) + \
-        f"; see artifact {flow_name}-fleet"
-
+        return markdown, None
+    return markdown, (f"{flow_name}: {len(failing)} of {len(rows)} accounts failing: " + "; ".join(problems)
+                      + f"; see artifact {flow_name}-fleet")

@@ -119,23 +119,6 @@ def test_verify_and_canary_complete_through_the_worker(deployed: Deployed, verif
         feed: "passed" for feed in [*deployed.settings()["s3_feeds"], "eks-control-plane"]}
 
 
-def test_a_failed_run_alerts_the_on_call_channel(deployed: Deployed) -> None:
-    trail = deployed.settings()["s3_feeds"]["cloudtrail"]["source"]["trail_name"]
-    cloudtrail = deployed.stack.aws.client("cloudtrail")
-    cloudtrail.stop_logging(Name=trail)
-    try:
-        verify = run_deployment("verify-feeds/daily", deployed.env, {"feeds": ["cloudtrail"]})
-        assert verify.returncode == 1 and "Failed" in verify.stdout
-        run_id = run_id_of(verify)
-        alert = deployed.inbox.wait_for(lambda text: run_id in text, ALERT_DEADLINE_S, "alert for the failed run")
-    finally:
-        cloudtrail.start_logging(Name=trail)
-    assert alert.startswith("*socfeeds: verify-feeds/daily Failed*")
-    assert "logging is stopped" in alert and f"aws cloudtrail start-logging --name {trail}" in alert, alert
-    assert f"/runs/flow-run/{run_id}" in alert, "the alert links to the run"
-    assert "prefect deployment run 'verify-feeds/daily' --watch" in alert
-
-
 def test_a_failed_canary_sends_one_message_with_the_fix_then_one_when_it_recovers(deployed: Deployed) -> None:
     """The writer role loses its policy: one message names the feed, the leg and the fix; provision repairs it,
     and the next completed canary says the incident is over."""
@@ -324,8 +307,9 @@ def test_an_undeclared_or_empty_feeds_list_is_refused_before_a_run_is_created(de
     assert f"feeds (Optional) Feed names from settings; None means every feed. list None {options} " in form, form
 
 
-def test_a_failed_verify_run_and_its_failures_artifact_in_the_ui(deployed: Deployed) -> None:
-    """What on-call opens from the alert: the run page with the one-line reason, then the failures-only artifact."""
+def test_a_failed_run_alerts_on_call_and_the_ui_shows_the_run_and_its_failures_artifact(deployed: Deployed) -> None:
+    """The message on-call receives, then what they open from it: the run page with the one-line reason, then the
+    failures-only artifact."""
     from flows.verify import FAILURES_ARTIFACT
 
     trail = deployed.settings()["s3_feeds"]["cloudtrail"]["source"]["trail_name"]
@@ -337,6 +321,11 @@ def test_a_failed_verify_run_and_its_failures_artifact_in_the_ui(deployed: Deplo
         cloudtrail.start_logging(Name=trail)
     assert verify.returncode == 1 and "Failed" in verify.stdout, verify.stdout[-2000:]
     run_id = run_id_of(verify)
+    alert = deployed.inbox.wait_for(lambda text: run_id in text, ALERT_DEADLINE_S, "alert for the failed run")
+    assert alert.startswith("*socfeeds: verify-feeds/daily Failed*")
+    assert "logging is stopped" in alert and f"aws cloudtrail start-logging --name {trail}" in alert, alert
+    assert f"/runs/flow-run/{run_id}" in alert, "the alert links to the run"
+    assert "prefect deployment run 'verify-feeds/daily' --watch" in alert
     failures = latest_artifact(FAILURES_ARTIFACT, deployed.env["PREFECT_API_URL"])
     assert failures is not None and str(failures.flow_run_id) == run_id
 

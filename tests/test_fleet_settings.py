@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import boto3
 import pytest
 from test_settings import BASE, feed, no_settings_env  # noqa: F401 (the fixture keeps the environment out)
 
+from flows._fleet import ChildOutcome, Fleet, summary
+from socfeeds.aws import AwsClients
 from socfeeds.policies import source_write_statements
 from socfeeds.settings import Settings, SettingsError
 from socfeeds.targets import OrgAccount, Target, declared_targets, enrolled, not_covered, select, target_settings
@@ -117,3 +120,35 @@ def test_a_central_archive_bucket_admits_each_member_and_a_member_wires_only_its
 def test_only_log_delivery_sources_deliver_across_accounts() -> None:
     with pytest.raises(ValueError, match="cross-account delivery is modelled for flow logs and resolver"):
         Settings(**{**BASE, "s3_feeds": {"app": feed(source_accounts=[MEMBER])}})
+
+
+def _fleet(uncovered: str) -> Fleet:
+    settings = fleet_settings([{"account_id": ARCHIVE, "name": "log-archive"}, {"account_id": MEMBER}], fleet={
+        "external_id": "x", "accounts": [{"account_id": ARCHIVE, "name": "log-archive"}, {"account_id": MEMBER}],
+        "organization": {"enabled": True, "uncovered": uncovered}})
+    targets = declared_targets(settings)
+    return Fleet(settings, AwsClients(boto3.session.Session(), "eu-west-2"), targets,
+                 [OrgAccount("444444444444", "sandbox")], {t.key: ["app", "flows"] for t in targets})
+
+
+def test_the_matrix_puts_failing_accounts_first_and_a_crashed_child_is_its_accounts_row() -> None:
+    fleet = _fleet("warn")
+    archive, member = fleet.targets
+    outcomes = [ChildOutcome(archive, "calm-cat", "Completed", "", {"app": ("pass", ""), "flows": ("warn", "")}),
+                ChildOutcome(member, "lost-dog", "Crashed", "the process died", {})]
+    markdown, message = summary("verify-feeds", fleet, outcomes)
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert rows[0] == f"| {MEMBER}/eu-west-2 | lost-dog (Crashed) | missing | missing |", "failing first"
+    assert rows[1] == f"| log-archive ({ARCHIVE}/eu-west-2) | calm-cat (Completed) | pass | warn |"
+    assert message == (f"verify-feeds: 1 of 2 accounts failing: {MEMBER}/eu-west-2: app missing, flows missing; "
+                       "see artifact verify-feeds-fleet"), "warn: the uncovered account is listed, not failed"
+    assert "- sandbox (444444444444)" in markdown
+
+
+def test_an_uncovered_account_fails_the_run_when_so_declared() -> None:
+    fleet = _fleet("fail")
+    outcomes = [ChildOutcome(t, "ok", "Completed", "", {"app": ("pass", ""), "flows": ("pass", "")})
+                for t in fleet.targets]
+    _, message = summary("verify-feeds", fleet, outcomes)
+    assert message is not None and "1 Organization account(s) not covered: sandbox (444444444444) (add them" in message
+    assert summary("verify-feeds", _fleet("warn"), outcomes)[1] is None
