@@ -27,7 +27,7 @@ from prefect.states import Failed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from pydantic import BaseModel
 
-from flows._fleet import CHILD_DEPLOYMENT, Fleet, fan_out, report, start_fleet, target_inputs
+from flows._fleet import CHILD_DEPLOYMENT, Fleet, fan_out, report, target_inputs
 from socfeeds.aws import AwsClients
 from socfeeds.errors import OnCallError
 from socfeeds.report import markdown_table, render_table, table_rows
@@ -77,16 +77,6 @@ class Run:
         declared = (self.settings.s3_feeds.get(feed) or self.settings.delivering_feeds.get(feed)
                     or self.settings.firehose_feeds.get(feed))
         return (declared.managed_by if declared else None) or self.settings.managed_by
-
-
-def start_run(feed_names: list[str] | None, accounts: list[str] | None = None, flow_name: str = "") -> Run:
-    """The run of exactly one target: settings and the feed selection validated before any AWS call, the target's
-    credentials assumed, then what only AWS knows resolved."""
-    fleet = start_fleet(feed_names, accounts)
-    if fleet.fans_out:
-        raise SettingsError(f"accounts: {flow_name or 'this flow'} runs one account at a time; name one of "
-                            f"{[t.key for t in fleet.targets]}")
-    return target_run(fleet, feed_names, flow_name)
 
 
 def target_run(fleet: Fleet, feed_names: list[str] | None, flow_name: str) -> Run:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from botocore.exceptions import BotoCoreError, ClientError
 from prefect import flow, get_run_logger
@@ -18,7 +18,8 @@ from prefect.runtime import flow_run
 from prefect.states import Cancelled
 from pydantic import Field, create_model
 
-from flows._common import leaves_a_record, start_run
+from flows._common import fleet_result, leaves_a_record, target_run
+from flows._fleet import publish_feed_status, start_fleet
 from socfeeds.aws import AwsClients
 from socfeeds.errors import OnCallError
 from socfeeds.settings import Settings
@@ -209,9 +210,14 @@ def rotate_reader_keys(dry_run: bool = False, force: bool = False, emergency: bo
         dry_run: Only report what would be done.
         force: Rotate even if the key is not yet due.
         emergency: A leaked key: delete an inactive old key inside its grace period, then rotate now.
-        accounts: In fleet mode, the one account whose reader key to rotate (id, name, or id/region).
+        accounts: Fleet accounts (id, name, or id/region); None means every account, one child run each, each
+            asking for its own approval.
     """
-    run = start_run(None, accounts, "rotate-reader-keys")
+    fleet = start_fleet(None, accounts)
+    if fleet.fans_out:
+        return cast(str, fleet_result("rotate-reader-keys", fleet, {"dry_run": dry_run, "force": force,
+                                                                    "emergency": emergency}, rotate_reader_keys))
+    run = target_run(fleet, None, "rotate-reader-keys")
     settings, aws, journal = run.settings, run.aws, Journal()
     try:
         if settings.reader.mode == "role":
@@ -223,6 +229,8 @@ def rotate_reader_keys(dry_run: bool = False, force: bool = False, emergency: bo
         raise
     finally:
         _report(aws, settings, journal)
+        publish_feed_status("rotate-reader-keys", run.target, {
+            "reader": ("fail" if journal.outcome.startswith(("FAILED", "CANCELLED")) else "pass", journal.outcome)})
 
 
 def _rotate(settings: Settings, aws: AwsClients, journal: Journal, dry_run: bool, force: bool,

@@ -57,6 +57,15 @@ _PREFECT = LocalPrefect(_PREFECT_STATE)
 os.environ.update(_PREFECT.env)
 
 
+LONGEST_FIRST = ("test_fleet.py", "test_deployments.py")  # minutes each, on one xdist worker: start them first
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules that take longest go to the workers first, so they do not start last and end the run late
+    (xdist's loadfile hands out whole modules in collection order)."""
+    items.sort(key=lambda item: item.path.name not in LONGEST_FIRST)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_PREFECT_STATE, ignore_errors=True)
 
