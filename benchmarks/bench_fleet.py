@@ -32,13 +32,8 @@ LATENCY_MS = 50
 FEEDS = ("cloudtrail", "vpc-flow-logs", "route53-resolver", "application-logs")  # and eks-control-plane
 
 
-def five_feeds(stack: LocalStack, concurrency: int) -> None:
-    """The benchmark's catalog: four S3 feeds and the EKS feed, in every account."""
+def limit_concurrency(stack: LocalStack, concurrency: int) -> None:
     values = json.loads(stack.settings_file.read_text())
-    values["s3_feeds"] = {name: feed for name, feed in values["s3_feeds"].items() if name in FEEDS}
-    for account in values["fleet"]["accounts"]:
-        feeds = account["overrides"].get("s3_feeds", {})
-        account["overrides"]["s3_feeds"] = {name: feed for name, feed in feeds.items() if name in FEEDS}
     values["fleet"]["max_concurrent_accounts"] = concurrency
     stack.settings_file.write_text(json.dumps(values))
 
@@ -107,9 +102,10 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=16, help="fleet.max_concurrent_accounts")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as state, LocalStack(Path(state), fleet=args.accounts) as stack:
+    with tempfile.TemporaryDirectory() as state, LocalStack(
+            Path(state), fleet=args.accounts, s3_feeds=FEEDS) as stack:
         assert stack.prefect is not None
-        five_feeds(stack, args.concurrency)
+        limit_concurrency(stack, args.concurrency)
         env = stack.env()
         stack.apply_env()
         stack.prefect.deploy(env)

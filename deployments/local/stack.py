@@ -374,17 +374,19 @@ class LocalStack:
     """Everything `make demo` needs, started in order and stopped in reverse, even on Ctrl-C."""
 
     def __init__(self, state_dir: Path, with_prefect: bool = True, collect: bool = True, kms: bool = False,
-                 brownfield: bool = False, fleet: int = 0) -> None:
+                 brownfield: bool = False, fleet: int = 0, s3_feeds: tuple[str, ...] | None = None) -> None:
         """collect=False leaves the feed queues to the `queue` canary strategy (no other consumer);
         kms=True puts every feed on one customer-managed key (the KMS profile); brownfield=True first builds an
         estate the way another team's Terraform would, and the settings adopt it (deployments/local/brownfield.py);
         fleet=N: an AWS Organization with N target accounts (the first is this tooling account) and one account
-        no target covers, the settings' `fleet` section listing the N (deployments/local/fleet.py)."""
+        no target covers, the settings' `fleet` section listing the N (deployments/local/fleet.py);
+        s3_feeds: only these of the local catalog's S3 feeds (a smaller stack for fleet tests and benchmarks)."""
         self.state_dir = state_dir.resolve()
         self.with_prefect = with_prefect
         self.collect = collect
         self.kms = kms
         self.brownfield = brownfield
+        self.s3_feeds = s3_feeds
         self.phases: list[tuple[str, float]] = []  # (what, seconds since start) as each finished
         self.aws = LocalAws(self.state_dir)
         self.fleet: LocalFleet | None = None
@@ -421,6 +423,8 @@ class LocalStack:
             self._stack.callback(self.inbox.stop)
             values = {**local_settings(self.aws, self.state_dir, self.xsiam), **LOCAL_OPERATIONS,
                       "alerts": {"webhook_url": self.inbox.url}}
+            if self.s3_feeds is not None:
+                values["s3_feeds"] = {name: feed for name, feed in values["s3_feeds"].items() if name in self.s3_feeds}
             if self.kms:
                 values = on_customer_key(self.aws, values)
             if self.brownfield:
