@@ -74,8 +74,7 @@ class Run:
 
     def owner(self, feed: str) -> str:
         """Who owns a feed's resources; shared ones (reader, canary writer, keys) follow the top-level setting."""
-        declared = (self.settings.s3_feeds.get(feed) or self.settings.delivering_feeds.get(feed)
-                    or self.settings.firehose_feeds.get(feed))
+        declared = self.settings.feed(feed) if feed in self.settings.feed_names else None
         return (declared.managed_by if declared else None) or self.settings.managed_by
 
 
@@ -83,7 +82,7 @@ def target_run(fleet: Fleet, feed_names: list[str] | None, flow_name: str) -> Ru
     """The run of a fleet's single selected target."""
     [target] = fleet.targets
     settings, aws = target_inputs(fleet, target, flow_name)
-    catalog = fleet.catalogs[target.key]
+    catalog = fleet.catalog(target)
     wanted = None if feed_names is None else [name for name in feed_names if name in catalog]
     if wanted == []:
         raise SettingsError(f"feeds: {feed_names} are not declared for account {target.label}; it has {catalog}")
@@ -96,6 +95,11 @@ def fleet_result(flow_name: str, fleet: Fleet, parameters: dict[str, Any], here:
     outcomes = fan_out(flow_name, fleet, parameters, here)
     message = report(flow_name, fleet, outcomes)
     return failed_with(message, outcomes) if message else outcomes
+
+
+def feed_of(label: str) -> str:
+    """The feed a task label names (`check-bucket[cloudtrail]` -> `cloudtrail`); "" for a step every feed shares."""
+    return label.partition("[")[2].rstrip("]")
 
 
 def gather(futures: Iterable[tuple[str, PrefectFuture[list[T]]]]) -> tuple[list[T], list[tuple[str, str]]]:

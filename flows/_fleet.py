@@ -14,7 +14,7 @@ import contextvars
 import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -42,12 +42,20 @@ class Fleet:
     aws: AwsClients
     targets: list[Target]
     uncovered: list[OrgAccount]
-    catalogs: dict[str, list[str]] = field(default_factory=dict)  # target key -> its feed names
-    archives: frozenset[str] = frozenset()  # accounts whose buckets other targets deliver into
+    rendered: dict[str, Settings]  # target key -> that target's settings, rendered and validated up front
 
     @property
     def fans_out(self) -> bool:
         return len(self.targets) > 1
+
+    def catalog(self, target: Target) -> list[str]:
+        return self.rendered[target.key].feed_names
+
+    @property
+    def archives(self) -> frozenset[str]:
+        """Accounts whose buckets other targets deliver into."""
+        return frozenset(str(feed.bucket_account) for target in self.rendered.values()
+                         for feed in target.delivering_feeds.values())
 
 
 def start_fleet(feeds: list[str] | None, accounts: list[str] | None) -> Fleet:
@@ -60,27 +68,19 @@ def start_fleet(feeds: list[str] | None, accounts: list[str] | None) -> Fleet:
     everyone = enrolled(settings, found)
     targets = select(everyone, accounts)
     rendered = {t.key: target_settings(settings, t) for t in targets}
-    catalogs = {key: _catalog(target) for key, target in rendered.items()}
-    archives = frozenset(str(feed.bucket_account) for target in rendered.values()
-                         for feed in target.delivering_feeds.values())
-    known = sorted({name for names in catalogs.values() for name in names})
+    known = sorted({name for target in rendered.values() for name in target.feed_names})
     if feeds is not None and not feeds:
         settings.select_feeds(feeds)  # refuses the empty list, with the reason
     unknown = sorted(set(feeds or []) - set(known))
     if unknown:
         raise SettingsError(f"feeds: unknown feed(s) {unknown}; known: {known}")
-    return Fleet(settings, aws, targets, not_covered(everyone, found) if accounts is None else [], catalogs,
-                 archives)
-
-
-def _catalog(settings: Settings) -> list[str]:
-    return [*settings.s3_feeds, *settings.delivering_feeds, *settings.firehose_feeds]
+    return Fleet(settings, aws, targets, not_covered(everyone, found) if accounts is None else [], rendered)
 
 
 def target_inputs(fleet: Fleet, target: Target, flow_name: str) -> tuple[Settings, AwsClients]:
     """A target's settings and clients: its own credentials (the fleet role, assumed) when it is not the
     flows' own account-and-credentials single target."""
-    settings = target_settings(fleet.settings, target)
+    settings = fleet.rendered[target.key]
     if target.assume is None or fleet.settings.fleet is None:
         return settings, fleet.aws
     fleet_settings = fleet.settings.fleet
@@ -121,7 +121,7 @@ def fan_out(flow_name: str, fleet: Fleet, parameters: dict[str, Any],
                             str(state.message or "") if state else "", feed_table(flow_name, run_id))
 
     wanted = parameters.get("feeds")
-    targets = [t for t in fleet.targets if wanted is None or set(wanted) & set(fleet.catalogs[t.key])]
+    targets = [t for t in fleet.targets if wanted is None or set(wanted) & set(fleet.catalog(t))]
     waves = [[t for t in targets if t.account_id in fleet.archives],  # a member's source needs the archive's bucket
              [t for t in targets if t.account_id not in fleet.archives]]
     if not deployment:  # subflows share this process's run context: one at a time
@@ -157,10 +157,10 @@ def feed_table(flow_name: str, run_id: UUID | None) -> dict[str, tuple[str, str]
 def matrix(fleet: Fleet, outcomes: list[ChildOutcome]) -> tuple[list[str], list[tuple[ChildOutcome, list[str]]]]:
     """Feeds (columns) and, per target, each feed's cell: its status, `missing` (declared, no result: the
     child crashed or never got to it), or `not declared`. Targets with failures first."""
-    feeds = sorted({feed for o in outcomes for feed in [*o.feeds, *fleet.catalogs.get(o.target.key, [])]})
+    feeds = sorted({feed for o in outcomes for feed in [*o.feeds, *fleet.catalog(o.target)]})
     rows = []
     for outcome in outcomes:
-        declared = set(fleet.catalogs.get(outcome.target.key, [])) | set(outcome.feeds)
+        declared = set(fleet.catalog(outcome.target)) | set(outcome.feeds)
         rows.append((outcome, [outcome.feeds[f][0] if f in outcome.feeds else "missing" if f in declared
                                else "not declared" for f in feeds]))
     rows.sort(key=lambda row: min((RANK[c] for c in row[1]), default=RANK["pass"]))

@@ -17,6 +17,7 @@ from flows._common import (
     concurrent_tasks,
     failed_with,
     failing_when,
+    feed_of,
     fleet_result,
     gather,
     leaves_a_record,
@@ -91,7 +92,7 @@ def feed_canary(feeds: list[str] | None = None, accounts: list[str] | None = Non
         **{name: ("pass", f"delivers to s3://{feed.bucket} of account {feed.bucket_account}, whose canary confirms "
                           "the bucket's path") for name, feed in run.settings.delivering_feeds.items()
            if name in run.feeds},
-        **{label.partition("[")[2].rstrip("]"): ("fail", one_line(error)) for label, error in errors},
+        **{feed_of(label): ("fail", one_line(error)) for label, error in errors},
         **{r.feed: ("pass" if r.passed else "fail", "" if r.passed else explain(r)) for r in results}})
     problems = [explain(r) for r in failed] + [one_line(f"{label} crashed: {error} -> see the task run's log")
                                                for label, error in errors]
@@ -104,21 +105,20 @@ def feed_canary(feeds: list[str] | None = None, accounts: list[str] | None = Non
 def wait_reporting_progress(run: Run, futures: list[tuple[str, PrefectFuture[list[CanaryResult]]]]) -> None:
     """Log every PROGRESS_SECONDS which feeds are done and which are still waiting, and for how long,
     so a broken feed's deadline is not silence."""
-    started, feed_of = time.monotonic(), {future: name for name, future in futures}
+    started, name_of = time.monotonic(), {future: name for name, future in futures}
     pending = [future for _, future in futures]
     while pending := list(wait(pending, timeout=PROGRESS_SECONDS).not_done):
         waited = int(time.monotonic() - started)
         done = [future for _, future in futures if future not in pending]
-        confirmed = [feed_of[future] for future in done if future.state.is_completed()]
-        failed = [feed_of[future] for future in done if not future.state.is_completed()]
-        waiting = [f"{feed_of[future]} ({waited} s of {deadline_of(run, feed_of[future])} s)" for future in pending]
+        confirmed = [name_of[future] for future in done if future.state.is_completed()]
+        failed = [name_of[future] for future in done if not future.state.is_completed()]
+        waiting = [f"{name_of[future]} ({waited} s of {deadline_of(run, name_of[future])} s)" for future in pending]
         get_run_logger().info("feed-canary after %d s: confirmed %s; failed %s; waiting on %s", waited,
                               ", ".join(confirmed) or "none", ", ".join(failed) or "none", ", ".join(waiting))
 
 
 def deadline_of(run: Run, feed: str) -> int:
-    declared = run.settings.s3_feeds.get(feed) or run.settings.firehose_feeds[feed]
-    return declared.canary_deadline_seconds
+    return run.settings.feed(feed).canary_deadline_seconds
 
 
 def record_latencies(results: list[CanaryResult], keep: int) -> dict[str, int]:

@@ -15,6 +15,7 @@ from flows._common import (
     Run,
     concurrent_tasks,
     failed_with,
+    feed_of,
     fleet_result,
     gather,
     leaves_a_record,
@@ -27,7 +28,6 @@ from flows._fleet import Fleet, publish_feed_status, start_fleet
 from socfeeds import target_role, terraform
 from socfeeds.report import Change
 from socfeeds.resolve import flows_identity, resolve
-from socfeeds.targets import target_settings
 from tasks.buckets import ensure_bucket
 from tasks.canary import ensure_canary_writer
 from tasks.firehose import ensure_cluster_logging, ensure_delivery_stream, ensure_subscription
@@ -68,13 +68,14 @@ def provision_feeds(feeds: list[str] | None = None, dry_run: bool = False,
         accounts: Fleet accounts (id, name, or id/region); None means every account, one child run each.
     """
     fleet = start_fleet(feeds, accounts)
-    tooling_role = ensure_tooling_role(fleet, dry_run)  # before any run assumes it there
+    tooling = tooling_identity(fleet) if fleet.settings.fleet else None
+    tooling_role = ensure_tooling_role(fleet, tooling, dry_run)  # before any run assumes it there
     if fleet.fans_out:
         return cast(list[Change], fleet_result("provision-feeds", fleet, {"feeds": feeds, "dry_run": dry_run},
                                                provision_feeds))
     run = target_run(fleet, feeds, "provision-feeds")
-    if run.target:
-        publish_role_documents(fleet, run, tooling_role)
+    if run.target and tooling:
+        publish_role_documents(fleet, run, tooling[1], tooling_role)
     shared = dry_run or run.settings.managed_by == "terraform"  # the reader, the writer, key policies
     keys = ensure_key_policies.submit(run.aws, run.settings, shared)  # S3 and CloudTrail test the key on setup
     steps: list[tuple[str, PrefectFuture[list[Change]]]] = [
@@ -135,7 +136,7 @@ def feed_status(feeds: list[str], changes: list[Change], problems: list[StepProb
     """Each feed's cell in the fleet matrix (fail with its first problem, else pass with its change count), and a
     `shared` cell when a step every feed relies on (reader, writer, key policies) did not finish."""
     def of(feed: str) -> list[StepProblem]:
-        return [p for p in problems if (p.step.endswith(f"[{feed}]") if feed != "shared" else "[" not in p.step)]
+        return [p for p in problems if feed_of(p.step) == ("" if feed == "shared" else feed)]
 
     cells = {feed: ("fail", of(feed)[0].detail) if of(feed) else ("pass", f"{sum(c.feed == feed for c in changes)} "
                                                                           "changes") for feed in feeds}
@@ -148,15 +149,16 @@ def tooling_identity(fleet: Fleet) -> tuple[str, str]:
     return caller.split(":")[4], flows_identity(fleet.aws, caller)
 
 
-def ensure_tooling_role(fleet: Fleet, dry_run: bool) -> list[Change]:
-    """The fleet role in the flows' own account, when that account is a target: the one role provision can make."""
-    if fleet.settings.fleet is None:
+def ensure_tooling_role(fleet: Fleet, tooling: tuple[str, str] | None, dry_run: bool) -> list[Change]:
+    """The fleet role in the flows' own account (`tooling`: account, principal), when that account is a target:
+    the one role provision can make."""
+    if tooling is None:
         return []
-    account, principal = tooling_identity(fleet)
+    account, principal = tooling
     mine = [t for t in fleet.targets if t.account_id == account]
     if not mine:
         return []
-    settings = resolve(target_settings(fleet.settings, mine[0]), fleet.aws)
+    settings = resolve(fleet.rendered[mine[0].key], fleet.aws)
     changes = ensure_target_role(fleet.aws, settings, [principal], dry_run)
     if changes:
         get_run_logger().info("fleet role in the tooling account %s: %s", account,
@@ -164,11 +166,10 @@ def ensure_tooling_role(fleet: Fleet, dry_run: bool) -> list[Change]:
     return changes
 
 
-def publish_role_documents(fleet: Fleet, run: Run, tooling_role: list[Change]) -> None:
-    """The target role this account needs, for its platform team: trust, the read-only grant to give first,
-    the provision grant (in managed-policy parts)."""
+def publish_role_documents(fleet: Fleet, run: Run, principal: str, tooling_role: list[Change]) -> None:
+    """The target role this account needs, for its platform team: trust (naming the tooling `principal`), the
+    read-only grant to give first, the provision grant (in managed-policy parts)."""
     assert run.target is not None and fleet.settings.fleet is not None
-    _, principal = tooling_identity(fleet)
     external = fleet.settings.fleet.external_id
     docs = target_role.documents(run.settings, [principal], external.get_secret_value() if external else None)
     parts = target_role.attachable(docs["provision"])

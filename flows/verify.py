@@ -13,6 +13,7 @@ from flows._common import (
     concurrent_tasks,
     failed_with,
     failing_when,
+    feed_of,
     fleet_result,
     gather,
     leaves_a_record,
@@ -90,7 +91,7 @@ def verify_feeds(feeds: list[str] | None = None, accounts: list[str] | None = No
     findings, errors = gather(checks)
     findings += [Finding(feed=feed, resource=label, check="check ran", status=Status.FAIL, detail=error,
                          fix="see the task run's log; the check itself could not finish")
-                 for feed, label, error in ((label.partition("[")[2].rstrip("]") or "reader", label, error)
+                 for feed, label, error in ((feed_of(label) or "reader", label, error)
                                             for label, error in errors)]
     findings.sort(key=lambda f: STATUS_ORDER[f.status])  # stable: check order within each status
     failed = [f for f in findings if f.status is Status.FAIL]

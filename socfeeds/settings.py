@@ -610,6 +610,15 @@ class Settings(BaseSettings):
         """An S3 feed by name, whether its bucket is this account's or another's."""
         return self.s3_feeds.get(name) or self.delivering_feeds[name]
 
+    @property
+    def feed_names(self) -> list[str]:
+        """Every feed this account has: its S3 feeds, those delivering into another account's bucket, Firehose."""
+        return [*self.s3_feeds, *self.delivering_feeds, *self.firehose_feeds]
+
+    def feed(self, name: str) -> S3Feed | FirehoseFeed:
+        """A feed of any kind by name."""
+        return self.firehose_feeds[name] if name in self.firehose_feeds else self.s3_feed(name)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -727,7 +736,7 @@ class Settings(BaseSettings):
 
     def select_feeds(self, names: list[str] | None) -> list[str]:
         """The feed names a run covers; unknown names are refused with the list of known ones."""
-        known = [*self.s3_feeds, *self.delivering_feeds, *self.firehose_feeds]
+        known = self.feed_names
         if names is None:
             return known
         if not names:

@@ -125,10 +125,10 @@ def test_only_log_delivery_sources_deliver_across_accounts() -> None:
 def _fleet(uncovered: str) -> Fleet:
     settings = fleet_settings([{"account_id": ARCHIVE, "name": "log-archive"}, {"account_id": MEMBER}], fleet={
         "external_id": "x", "accounts": [{"account_id": ARCHIVE, "name": "log-archive"}, {"account_id": MEMBER}],
-        "organization": {"enabled": True, "uncovered": uncovered}})
+        "organization": {"enabled": True, "uncovered": uncovered}}, firehose_feeds={})  # catalog: app, flows
     targets = declared_targets(settings)
     return Fleet(settings, AwsClients(boto3.session.Session(), "eu-west-2"), targets,
-                 [OrgAccount("444444444444", "sandbox")], {t.key: ["app", "flows"] for t in targets})
+                 [OrgAccount("444444444444", "sandbox")], {t.key: target_settings(settings, t) for t in targets})
 
 
 def test_the_matrix_puts_failing_accounts_first_and_a_crashed_child_is_its_accounts_row() -> None:
