@@ -21,6 +21,7 @@ from prefect.exceptions import PrefectHTTPStatusError
 
 from deployments.alerts import DEPLOYMENT_TAG, apply_alerts
 from socfeeds.settings import Settings, load_settings
+from socfeeds.targets import declared_targets, target_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,9 +47,10 @@ def limit_feeds_parameter(settings: Settings) -> str:
     Prefect generates `list[str] | None` from the flow signature, so a typo (`cloudtral`) or an empty list would
     start a run that only fails on the worker. With the names as an enum and `minItems: 1` in the deployment's
     schema (enforced), the server refuses such a run before it is created and the UI offers the names as choices.
-    None (or no value) still means every feed.
+    None (or no value) still means every feed. In a fleet, the names are every declared account's (an account's
+    clusters name its Firehose feeds).
     """
-    names = [*settings.s3_feeds, *settings.firehose_feeds]
+    names = declared_feed_names(settings)
     with get_client(sync_client=True) as client:
         mine = DeploymentFilter(tags=DeploymentFilterTags(all_=[DEPLOYMENT_TAG]))
         for deployment in client.read_deployments(deployment_filter=mine):
@@ -64,6 +66,12 @@ def limit_feeds_parameter(settings: Settings) -> str:
             except PrefectHTTPStatusError as refused:  # e.g. a default `feeds` naming an undeclared feed
                 raise DeployFailed(f"{where}: feeds parameter schema refused: {refused.response.text}") from None
     return f"deployments: feeds parameter limited to {len(names)} declared feeds"
+
+
+def declared_feed_names(settings: Settings) -> list[str]:
+    """Every feed name a run may be given: each declared account's, in declaration order."""
+    return list(dict.fromkeys(name for target in declared_targets(settings)
+                              for name in target_settings(settings, target).feed_names))
 
 
 def _limit_to(feeds: dict[str, Any], names: list[str], where: str) -> None:

@@ -64,6 +64,16 @@ def test_clusters_repeat_the_firehose_feeds_and_feeds_choose_from_the_catalog() 
         target_settings(wrong, declared_targets(wrong)[0])
 
 
+def test_deploy_offers_every_accounts_feed_names_as_the_feeds_choices() -> None:
+    from deployments.deploy import declared_feed_names
+
+    eks = {"eks": {"delivery_stream": "cp-{cluster}"}}
+    settings = fleet_settings([{"account_id": ARCHIVE}, {"account_id": MEMBER, "clusters": ["blue", "green"]}],
+                              firehose_feeds=eks)
+    assert declared_feed_names(settings) == ["app", "flows", "eks", "eks-blue", "eks-green"]
+    assert declared_feed_names(Settings(**BASE)) == Settings(**BASE).feed_names, "a single account: its own"
+
+
 def test_an_override_that_breaks_an_account_is_refused_naming_the_account_and_field() -> None:
     settings = fleet_settings([{"account_id": MEMBER, "name": "payments", "overrides": {"vpc_id": "subnet-1"}}])
     with pytest.raises(SettingsError, match=r"fleet account payments \(333333333333/eu-west-2\): 1 invalid .*\n- "
