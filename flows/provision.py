@@ -41,6 +41,7 @@ from tasks.target_role import ensure_target_role
 CHANGE_COLUMNS = ["feed", "resource", "action", "detail", "applied", "owner"]
 STEP_COLUMNS = ["step", "outcome", "detail"]
 FAILURES_ARTIFACT = "provision-feeds-failures"
+EXTERNAL_ID_PLACEHOLDER = "<fleet.external_id>"
 
 
 class StepProblem(BaseModel):
@@ -170,15 +171,16 @@ def publish_role_documents(fleet: Fleet, run: Run, principal: str, tooling_role:
     """The target role this account needs, for its platform team: trust (naming the tooling `principal`), the
     read-only grant to give first, the provision grant (in managed-policy parts)."""
     assert run.target is not None and fleet.settings.fleet is not None
-    external = fleet.settings.fleet.external_id
-    docs = target_role.documents(run.settings, [principal], external.get_secret_value() if external else None)
+    external = EXTERNAL_ID_PLACEHOLDER if fleet.settings.fleet.external_id else None  # a secret: never published
+    docs = target_role.documents(run.settings, [principal], external)
     parts = target_role.attachable(docs["provision"])
     made = "".join(f"- {c.action}: {c.detail}{'' if c.applied else ' (not applied)'}\n" for c in tooling_role)
     create_markdown_artifact(key="provision-feeds-target-role", description=f"Target role for {run.target.label}",
                              markdown=(
         f"# Role {fleet.settings.fleet.role_name} in {run.target.label}\n\n"
         + (f"Made in the tooling account by this run:\n\n{made}\n" if made else "")
-        + "Trust (the external id is required: keep it out of version control):\n\n"
+        + f"Trust (put the external id from the vault where it says {EXTERNAL_ID_PLACEHOLDER}; keep it out of "
+        "version control):\n\n"
         f"```json\n{json.dumps(docs['trust'], indent=1)}\n```\n\n"
         "## Read-only grant (verify-feeds and a dry-run provision): grant this first\n\n"
         f"```json\n{json.dumps(docs['verify'], indent=1)}\n```\n\n"

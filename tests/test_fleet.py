@@ -127,6 +127,17 @@ def test_the_archive_admits_the_member_and_the_member_delivers_there(fleet: Flee
     assert bucket not in buckets, "the member made no bucket of its own for the archived feed"
 
 
+def test_each_account_gets_its_role_documents_and_no_artifact_carries_the_external_id(fleet: Fleet) -> None:
+    from deployments.local.fleet import FLEET_EXTERNAL_ID
+
+    documents = latest_artifact("provision-feeds-target-role", fleet.env["PREFECT_API_URL"])
+    assert documents is not None and isinstance(documents.data, str)
+    assert '"sts:ExternalId": "<fleet.external_id>"' in documents.data and "Read-only grant" in documents.data
+    with prefect_api(fleet.env["PREFECT_API_URL"]) as client:
+        artifacts = json.dumps([a.data for a in client.read_artifacts()], default=str)
+    assert FLEET_EXTERNAL_ID not in artifacts, "the external id is a secret"
+
+
 def test_a_broken_account_fails_only_its_cells_while_a_throttled_one_backs_off_and_passes(fleet: Fleet) -> None:
     """workload-b's trail stops; workload-a's IAM and SQS answer Throttling for a while, in the same run."""
     cloudtrail = fleet.accounts.client("workload-b", "cloudtrail")
