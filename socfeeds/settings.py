@@ -12,6 +12,7 @@ import difflib
 import ipaddress
 import os
 import re
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -37,6 +38,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from socfeeds.assurance import AuditSettings, SloObjectives
 from socfeeds.errors import OnCallError
 from socfeeds.fleet import FleetSettings
 
@@ -239,6 +241,7 @@ class S3Feed(_Strict):
         "siem", description="siem: find the canary in XSIAM (production). queue: long-poll the feed's queue; "
         "only for queues no one else reads (XSIAM would race the canary for the message).")
     canary_deadline_seconds: int = Field(120, ge=5, le=3600)
+    slo: SloObjectives = SloObjectives()
     source_accounts: tuple[str, ...] = Field(
         (), description="A central log-archive bucket: other accounts whose flow logs or resolver query logs deliver "
         "here; the bucket policy lets log delivery write under AWSLogs/<account>/ for each (and this account).")
@@ -327,6 +330,7 @@ class FirehoseFeed(_Strict):
     backup_objects_warn_at: int = Field(1, ge=1)
     backup_objects_fail_at: int = Field(1, ge=1)
     canary_deadline_seconds: int = Field(240, ge=5, le=3600, description="Room for the 60 s buffer and retries.")
+    slo: SloObjectives = SloObjectives()
 
     @field_validator("log_retention_days", "error_log_retention_days")
     @classmethod
@@ -377,6 +381,9 @@ class CanarySettings(_Strict):
         None, description="Role or user ARNs that may assume the writer role. Unset: the flows' own identity "
         "(the role they run as, read from STS at the start of each run). Never the account root.")
     latency_history: int = Field(30, ge=1, le=500, description="Latencies kept per feed to show drift.")
+    expected_every: timedelta = Field(
+        timedelta(hours=26), description="The dead-man's switch alerts when no canary passes for a feed within this "
+        "(seconds or ISO 8601, e.g. PT26H).")
 
     @field_validator("writer_trusted_principals")
     @classmethod
@@ -468,6 +475,11 @@ class AlertSettings(_Strict):
 class BacklogThresholds(_Strict):
     max_visible_messages: int = Field(1000, ge=0, description="Warn above this many waiting messages.")
     max_dlq_messages: int = Field(0, ge=0, description="Fail above this many dead-lettered messages.")
+    max_oldest_message_age_seconds: int = Field(
+        3600, ge=60, description="Fail when the oldest waiting message is older (CloudWatch AWS/SQS "
+        "ApproximateAgeOfOldestMessage): a stalled consumer shows by age, not count.")
+    consumption_window_seconds: int = Field(
+        3600, ge=300, description="No NumberOfMessagesDeleted over this window while messages wait = consumer stopped.")
 
 
 def default_s3_feeds() -> dict[str, S3Feed]:
@@ -581,6 +593,7 @@ class Settings(BaseSettings):
     xsiam: XsiamTenant = XsiamTenant()
     reader: ReaderSettings = ReaderSettings()
     canary: CanarySettings = CanarySettings()
+    audit: AuditSettings = AuditSettings()
     rotation: RotationPolicy = RotationPolicy()
     backlog: BacklogThresholds = BacklogThresholds()
     alerts: AlertSettings = AlertSettings()
