@@ -35,7 +35,7 @@ def deploy(settings: Settings) -> list[str]:
                             capture_output=True, text=True, timeout=300, check=False)
     if answer.returncode != 0:
         raise DeployFailed(f"prefect deploy --all failed:\n{answer.stdout[-2000:]}{answer.stderr[-2000:]}")
-    return ["deployments: prefect.yaml applied", limit_feeds_parameter(settings), *apply_alerts(settings.alerts)]
+    return ["deployments: prefect.yaml applied", limit_feeds_parameter(settings), *apply_alerts(settings)]
 
 
 # --- the feeds parameter: only declared feed names -----------------------------------------------------------------

@@ -21,6 +21,8 @@ class SloObjectives(_Strict):
     canary_latency_p95_seconds: float = Field(900, gt=0, description="95% of canary events confirmed within this.")
     completeness: float = Field(0.999, gt=0, le=1, description="Share of real records found in XSIAM (audit).")
     staleness_seconds: float = Field(3600, gt=0, description="Age of the newest event XSIAM holds for the feed.")
+    staleness_compliance: float = Field(
+        0.99, gt=0, le=1, description="Share of audits whose staleness is within staleness_seconds (its error budget).")
     canary_success: float = Field(0.99, gt=0, le=1, description="Share of canary runs that pass.")
     window_days: int = Field(30, ge=1, le=365, description="The window the error budget is counted over.")
 
@@ -33,6 +35,9 @@ class AuditSettings(_Strict):
     records_per_object: int = Field(3, ge=1, le=50, description="Records looked up per sampled object.")
     settle_minutes: float = Field(
         15, ge=0, description="Objects younger than this are left out: XSIAM may not have collected them yet.")
+    deadline_seconds: float = Field(
+        600, gt=0, le=3600, description="How long one feed's XQL lookups may take; queries still pending then "
+        "count their needles as not found.")
     expected_every: timedelta = Field(
-        timedelta(hours=26), description="The dead-man's switch alerts when no audit completes within this "
-        "(seconds or ISO 8601, e.g. PT26H).")
+        timedelta(hours=26), ge=timedelta(seconds=10), description="The dead-man's switch alerts when no audit "
+        "completes within this (seconds or ISO 8601, e.g. PT26H; at least 10 s, Prefect's proactive minimum).")

@@ -8,7 +8,7 @@ owners in a shared policy (a production bucket's existing policy) are kept untou
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -222,13 +222,41 @@ def queue_policy(queue_arn: str, bucket_arns: list[str], account_id: str) -> Doc
     return document([queue_statement(queue_arn, bucket_arns, account_id)])
 
 
-def merged_queue_policy(current: Document, queue_arn: str, bucket_arns: list[str], account_id: str) -> Document:
+REPLAY_SID = "SocfeedsReplay"
+
+
+def replay_statement(queue_arn: str, senders: Sequence[str]) -> Statement:
+    """replay-feed re-announces objects as the flows' own identity: exactly these principals, SendMessage only, this
+    queue only. The one sender besides S3 that queue_policy_problems accepts."""
+    return {"Sid": REPLAY_SID, "Effect": "Allow", "Principal": {"AWS": sorted(senders)},
+            "Action": "sqs:SendMessage", "Resource": queue_arn}
+
+
+def replay_senders(settings: Settings) -> list[str]:
+    """Who replays: the flows' identity as the settings declare it (canary.writer_trusted_principals, which every run
+    resolves to the identity the flows run as when unset). Unresolved settings (a step called outside a flow run)
+    name nobody, and no replay statement is written or expected."""
+    return list(settings.canary.writer_trusted_principals or [])
+
+
+def has_replay_statement(doc: Document, queue_arn: str, senders: Sequence[str]) -> bool:
+    wanted = _grant(replay_statement(queue_arn, senders))
+    return any(_grant(s) == wanted for s in as_list(doc.get("Statement", [])))
+
+
+def merged_queue_policy(current: Document, queue_arn: str, bucket_arns: list[str], account_id: str,
+                        senders: Sequence[str] = ()) -> Document:
     """Every other owner's statement kept; socfeeds' statement added, unless another statement already admits
-    exactly what it would (S3, these buckets, this account): recognised, never duplicated."""
+    exactly what it would (S3, these buckets, this account): recognised, never duplicated. With `senders`, the
+    replay statement too (likewise recognised when another owner wrote it)."""
     foreign = [s for s in as_list(current.get("Statement", [])) if not is_owned(s)]
-    if not queue_policy_problems(document(foreign), queue_arn, bucket_arns, account_id):
+    owned = [queue_statement(queue_arn, bucket_arns, account_id)] if queue_policy_problems(
+        document(foreign), queue_arn, bucket_arns, account_id, senders) else []
+    if senders:
+        owned.append(replay_statement(queue_arn, senders))
+    if not owned:
         return {**current, "Version": VERSION, "Statement": foreign}
-    return merge_owned(current, [queue_statement(queue_arn, bucket_arns, account_id)])
+    return merge_owned(current, owned)
 
 
 def _s3_sends(statement: Statement) -> bool:
@@ -238,17 +266,19 @@ def _s3_sends(statement: Statement) -> bool:
         fnmatchcase("sqs:sendmessage", str(a).lower()) for a in as_list(statement.get("Action", [])))
 
 
-def queue_policy_problems(doc: Document, queue_arn: str, bucket_arns: list[str], account_id: str) -> list[str]:
+def queue_policy_problems(doc: Document, queue_arn: str, bucket_arns: list[str], account_id: str,
+                          senders: Sequence[str] = ()) -> list[str]:
     """Why a queue policy does not let S3 send from each feed bucket, only for this account; empty when it does.
 
     Statements of other owners are judged too: one that lets S3 send without aws:SourceAccount, or from a bucket
     that is not the feed's, is the confused deputy this guards against; one that lets any other principal send
-    could forge notifications."""
+    could forge notifications, except exactly the replay statement for `senders` (replay_statement)."""
     problems: list[str] = []
     admitted: set[str] = set()
+    replay = _grant(replay_statement(queue_arn, senders)) if senders else None
     for statement in as_list(doc.get("Statement", [])):
         sid = statement.get("Sid", "(no Sid)")
-        if statement.get("Effect") != "Allow":
+        if statement.get("Effect") != "Allow" or _grant(statement) == replay:
             continue
         if not _s3_sends(statement):
             if any(fnmatchcase("sqs:sendmessage", str(a).lower()) for a in as_list(statement.get("Action", []))):

@@ -380,10 +380,9 @@ class CanarySettings(_Strict):
     writer_trusted_principals: list[str] | None = Field(
         None, description="Role or user ARNs that may assume the writer role. Unset: the flows' own identity "
         "(the role they run as, read from STS at the start of each run). Never the account root.")
-    latency_history: int = Field(30, ge=1, le=500, description="Latencies kept per feed to show drift.")
     expected_every: timedelta = Field(
-        timedelta(hours=26), description="The dead-man's switch alerts when no canary passes for a feed within this "
-        "(seconds or ISO 8601, e.g. PT26H).")
+        timedelta(hours=26), ge=timedelta(seconds=10), description="The dead-man's switch alerts when no canary "
+        "passes for a feed within this (seconds or ISO 8601, e.g. PT26H; at least 10 s, Prefect's proactive minimum).")
 
     @field_validator("writer_trusted_principals")
     @classmethod
@@ -410,6 +409,9 @@ class RotationPolicy(_Strict):
     approval_poll_seconds: int = Field(10, ge=1, le=300, description="How often a paused run looks for the answer.")
     approvers: list[str] = Field(default_factory=list, description="Names allowed to approve a rotation.")
     required_approvals: int = Field(1, ge=1, le=5, description="Distinct approvers needed (2: two-person rule).")
+    approval: Literal["per_account", "combined"] = Field("per_account", description="A fleet rotation asks for one "
+                                                         "approval per account, or one (combined) listing every "
+                                                         "account's pending key; a rejection or timeout stops all.")
     require_new_key_in_use: bool = Field(True, description="See XSIAM use the new key before the old is deactivated.")
     confirm_use_seconds: int = Field(3_600, ge=1, description="How long to wait for XSIAM to use the new key.")
     last_used_resolution_seconds: int = Field(

@@ -2,17 +2,19 @@
 
 A security team grants `verify_policy` first: every read of the read-only flow, verify-feeds (every check_* task,
 and socfeeds.resolve at the start of every run), which are also all the reads of a dry-run provision-feeds, so the
-read-only grant alone runs verify and previews every change. `provision_policy` is those statements unchanged, then
-every write of provision-feeds (the ensure_* tasks), the canary's needs (feed-canary: assume the canary writer, take
-its notification off a queue it long-polls, read the objects that say which leg failed) and the reader-key
-rotation's (rotate-reader-keys). Both are rendered from resolved settings (a KMS key named by alias is refused:
-IAM matches a key only by its ARN), so every write names the declared resources: buckets and their objects,
-queues, roles, the reader user, policy and secret, log groups and streams, delivery streams, trails, the cluster.
-Terraform-owned feeds and shared resources get no write, as provision never writes them. Reads of things the
-checks find by what they do, not by name (a role or stream adopted under another name, the key a bucket actually
-uses, a trail's home region), are granted on the account's resources of that type; actions IAM authorises on no
-resource take "*". No sts:TagSession: the fleet passes no session tags. The role's MaxSessionDuration must cover
-`fleet.session_seconds`. A full catalog's provision grant is about twice a managed policy's quota: `attachable`.
+read-only grant alone runs verify and previews every change (it reads no log data). `provision_policy` is those
+statements unchanged, then every write of provision-feeds (the ensure_* tasks), audit-feeds' reads of log data
+(sampled objects, the EKS log group's events), the canary's needs (feed-canary: assume the canary writer, take its
+notification off a queue it long-polls, read the objects that say which leg failed), replay-feed's (send to the feed
+queues, move dead letters back) and the reader-key rotation's (rotate-reader-keys). Both are rendered from resolved
+settings (a KMS key named by alias is refused: IAM matches a key only by its ARN), so every write names the declared
+resources: buckets and their objects, queues, roles, the reader user, policy and secret, log groups and streams,
+delivery streams, trails, the cluster. Terraform-owned feeds and shared resources get no write, as provision never
+writes them. Reads of things the checks find by what they do, not by name (a role or stream adopted under another
+name, the key a bucket actually uses, a trail's home region), are granted on the account's resources of that type;
+actions IAM authorises on no resource take "*". No sts:TagSession: the fleet passes no session tags. The role's
+MaxSessionDuration must cover `fleet.session_seconds`. A full catalog's provision grant is about twice a managed
+policy's quota: `attachable`.
 
 Known limits: a Firehose stream adopted under another name (with its backup bucket and token secret), and the RDS
 stream found by its destination, need their names added for verify's reads and provision's in-place updates; and
@@ -212,6 +214,8 @@ def _verify(settings: Settings) -> Grants:
     grants = Grants()
 
     unscoped = {"sts:GetCallerIdentity", "iam:ListPolicies", "logs:DescribeLogGroups"}
+    if s3:
+        unscoped.add("cloudwatch:GetMetricData")  # the feed queues' AWS/SQS metrics: a stalled consumer shows by age
     if _sources(s3, CloudTrailSource):
         unscoped.add("cloudtrail:DescribeTrails")
         grants.allow("SocfeedsVerifyTrails", ("cloudtrail:GetTrail", "cloudtrail:GetTrailStatus"),
@@ -265,6 +269,17 @@ def _verify(settings: Settings) -> Grants:
     return grants
 
 
+def _audit(grants: Grants, settings: Settings, arns: Arns) -> None:
+    """audit-feeds reads log data, so it is not in the read-only grant: the sampled objects (listing is
+    BUCKET_READS' s3:ListBucket) with their keys, and the EKS log group's events."""
+    feeds = list(settings.s3_feeds.values())
+    grants.allow("SocfeedsAuditObjects", ("s3:GetObject",),
+                 [f"{arns.bucket(bucket)}/*" for feed in feeds for bucket in feed.buckets])
+    _keys(grants, "SocfeedsAuditDecrypt", ("kms:Decrypt",), [feed.kms_key_arn for feed in feeds if feed.kms_key_arn])
+    grants.allow("SocfeedsAuditLogEvents", ("logs:FilterLogEvents",),
+                 [_group(arns, feed.log_group) for feed in settings.firehose_feeds.values()])
+
+
 # --- provision-feeds, feed-canary, rotate-reader-keys ------------------------------------------
 
 def _provision(settings: Settings) -> Grants:
@@ -309,7 +324,9 @@ def _provision(settings: Settings) -> Grants:
         if settings.kms_key_policies == "merge":
             _keys(grants, "SocfeedsProvisionKeyPolicies", ("kms:PutKeyPolicy",), feed_keys(settings))
 
+    _audit(grants, settings, arns)
     _canary(grants, settings, arns)
+    _replay(grants, settings, arns)
     grants.allow("SocfeedsRotationReaderKeys", ("iam:GetAccessKeyLastUsed", "iam:GetUser", "iam:ListAccessKeys",
                                                 *(ROTATION_KEY_ACTIONS if kind == "user" else ())),
                  [arns.user(settings.reader.path, settings.reader.user_name)])  # role mode: reports leftover keys
@@ -416,3 +433,17 @@ def _canary(grants: Grants, settings: Settings, arns: Arns) -> None:
         *(feed.kms_key_arn for feed in queued), *(feed.kms_key_arn for feed, _ in rds),
         *(feed.kms_key_arn for feed in firehose)) if key])
 
+
+def _replay(grants: Grants, settings: Settings, arns: Arns) -> None:
+    """replay-feed: head the window's objects and read each bucket's owner (the notification names both), send to
+    the feed queue (also granted by the queue's SocfeedsReplay statement), move the dead-letter queue's messages back
+    (StartMessageMoveTask, or receive and delete where it is unavailable), with the queue keys' data keys."""
+    feeds = list(settings.s3_feeds.values())
+    buckets = [arns.bucket(bucket) for feed in feeds for bucket in feed.buckets]
+    grants.allow("SocfeedsReplayObjects", ("s3:GetObject",), [f"{bucket}/*" for bucket in buckets])
+    grants.allow("SocfeedsReplayBucketOwner", ("s3:GetBucketAcl",), buckets)
+    grants.allow("SocfeedsReplaySend", ("sqs:SendMessage",), [arns.queue(feed.queue) for feed in feeds])
+    grants.allow("SocfeedsReplayRedrive", ("sqs:DeleteMessage", "sqs:ListMessageMoveTasks", "sqs:ReceiveMessage",
+                                           "sqs:StartMessageMoveTask"), [arns.queue(feed.dlq_name) for feed in feeds])
+    _keys(grants, "SocfeedsReplayQueueKeys", ("kms:Decrypt", "kms:GenerateDataKey"),
+          [feed.kms_key_arn for feed in feeds if feed.kms_key_arn])

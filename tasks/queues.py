@@ -13,6 +13,7 @@ from socfeeds.report import Change, ChangesFor, Finding, FindingsFor, Status
 from socfeeds.settings import S3Feed, Settings
 from tasks._task import aws_task
 from tasks.kms import check_key_use, reader
+from tasks.queue_activity import check_activity
 
 QUEUE_ABSENT = {"AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist"}
 DLQ_RETENTION_SECONDS = 1_209_600  # the SQS maximum: time to notice and redrive
@@ -41,7 +42,8 @@ def queue_attributes(feed: S3Feed, settings: Settings, current_policy: str | Non
     current one with socfeeds' statement merged in: other owners' statements are kept."""
     arns = Arns(settings.region, settings.account_id)
     policy = policies.merged_queue_policy(policies.parse(current_policy), arns.queue(feed.queue),
-                                          bucket_arns(feed, settings), settings.account_id)
+                                          bucket_arns(feed, settings), settings.account_id,
+                                          policies.replay_senders(settings))
     return {
         "VisibilityTimeout": "30",
         "MessageRetentionPeriod": "345600",
@@ -118,7 +120,8 @@ def _queue_policy_fix(current: str | None, feed: S3Feed, settings: Settings) -> 
     """provision keeps other owners' statements: what it cannot fix is named for their owner to fix."""
     merged = policies.parse(queue_attributes(feed, settings, current)["Policy"])
     remaining = policies.queue_policy_problems(merged, Arns(settings.region, settings.account_id).queue(feed.queue),
-                                               bucket_arns(feed, settings), settings.account_id)
+                                               bucket_arns(feed, settings), settings.account_id,
+                                               policies.replay_senders(settings))
     if not remaining:
         return "run provision-feeds for this feed (it adds its statement and keeps the others)"
     return ("provision-feeds keeps other owners' statements, so fix these where they are written (the Terraform "
@@ -160,17 +163,26 @@ def check_queue(aws: AwsClients, settings: Settings, feed_name: str) -> list[Fin
                  f"redrive to {target or 'nothing'} after {redrive.get('maxReceiveCount', '-')} receives",
                  f"{fix}: dead-letter queue {feed.dlq_name} with maxReceiveCount {feed.max_receive_count}")
 
-    problems = policies.queue_policy_problems(policies.parse(attributes.get("Policy")), arns.queue(feed.queue),
-                                              bucket_arns(feed, settings), settings.account_id)
+    policy, senders = policies.parse(attributes.get("Policy")), policies.replay_senders(settings)
+    problems = policies.queue_policy_problems(policy, arns.queue(feed.queue), bucket_arns(feed, settings),
+                                              settings.account_id, senders)
     check.expect("queue policy", not problems,
                  "; ".join(problems) if problems else "only S3 from the feed's buckets and account may send",
                  _queue_policy_fix(attributes.get("Policy"), feed, settings))
+    replays = policies.has_replay_statement(policy, arns.queue(feed.queue), senders)
+    if senders:  # resolved settings name the flows' identity (every flow run)
+        check.expect("replay sender", replays, f"{policies.REPLAY_SID}: {', '.join(senders)} may send (SendMessage "
+                     f"only)" if replays else f"no {policies.REPLAY_SID} statement: replay-feed can send only on the "
+                     "flows' own IAM grant, which the queue policy does not show",
+                     f"run provision-feeds for this feed: it writes {policies.REPLAY_SID}, which lets replay-feed "
+                     f"re-announce objects as {', '.join(senders)} and nobody else", failing=Status.WARN)
 
     depth = _depth(attributes)
     limit = settings.backlog.max_visible_messages
     check.expect("backlog", depth <= limit, f"{depth} messages waiting (limit {limit})",
                  "XSIAM is not keeping up or not reading: check the data source's status and the reader key",
                  failing=Status.WARN)
+    check_activity(aws, check, feed.queue, settings.backlog, attributes)  # a stalled consumer shows by age
     if dlq_url is not None:
         dlq = _attributes(aws, dlq_url, "All")
         wanted_allow = dlq_attributes(feed, settings)["RedriveAllowPolicy"]

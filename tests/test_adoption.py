@@ -73,7 +73,7 @@ def test_several_buckets_feed_one_queue_through_one_statement_and_converge(stack
     url = queue_url(stack.aws, feed.queue)
     assert url is not None
     policy = json.loads(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])["Attributes"]["Policy"])
-    [statement] = policy["Statement"]
+    [statement] = [s for s in policy["Statement"] if s["Sid"] != "SocfeedsReplay"]  # replay-feed's own sender
     assert statement["Condition"]["ArnEquals"]["aws:SourceArn"] == sorted(f"arn:aws:s3:::{b}" for b in feed.buckets)
     for bucket in feed.buckets:  # each bucket notifies the one queue
         stack.client("s3").put_object(Bucket=bucket, Key="modsec/audit.log", Body=b"{}")
@@ -104,7 +104,7 @@ def test_foreign_queue_statements_are_kept_byte_for_byte_beside_ours(stack: Stac
 
     planned = provision_feeds(feeds=["vpc-flow-logs"], dry_run=True)
     [row] = [c for c in planned if c.action == "set queue attributes"]
-    assert "writes SocfeedsS3Notifications; keeps AllowSendMessage, SiemReads" in row.detail
+    assert "writes SocfeedsS3Notifications, SocfeedsReplay; keeps AllowSendMessage, SiemReads" in row.detail
     provision_feeds(feeds=["vpc-flow-logs"])
     statements = json.loads(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])["Attributes"]["Policy"])[
         "Statement"]

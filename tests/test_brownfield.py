@@ -58,7 +58,7 @@ def test_dry_run_lists_the_changes_and_makes_none(stack: Stack, estate: brownfie
         assert not any(action == duplicate for _, action in actions), (duplicate, sorted(actions))
     assert {("vpc-flow-logs", "create flow log"), ("vpc-flow-logs", "delete flow log")} <= actions, \
         "the default-format flow log is replaced (opted in), create first"
-    assert not any("Policy (" in c.detail for c in adopted if c.action == "set queue attributes"), \
+    assert not any("SocfeedsS3Notifications" in c.detail for c in adopted if c.action == "set queue attributes"), \
         "an equivalent foreign queue statement is recognised, not duplicated"
     assert [c.resource for c in adopted if c.action == "write bucket policy" and "cloudtrail" in c.resource] == [], \
         "the adopted trail's own bucket statements already grant what socfeeds would"

@@ -32,7 +32,8 @@ from tasks.roles import INLINE_POLICY
 
 DEPLOYMENTS = ("provision-feeds/on-demand", "verify-feeds/daily", "feed-canary/daily", "rotate-reader-keys/weekly",
                "rotate-reader-keys/on-demand", "provision-feeds/per-account", "verify-feeds/per-account",
-               "feed-canary/per-account", "rotate-reader-keys/per-account")
+               "feed-canary/per-account", "rotate-reader-keys/per-account", "audit-feeds/daily",
+               "audit-feeds/per-account")
 SCREENSHOTS = REPO_ROOT / "test-output" / "screenshots"  # kept after the run, for a person to look at
 MEASUREMENTS = REPO_ROOT / "test-output" / "alert-latency.txt"
 ALERT_DEADLINE_S = 90  # automations reach the webhook in ~0.1 s here (test-output/alert-latency.txt); room for CI
@@ -217,8 +218,8 @@ def test_a_wrongly_typed_parameter_is_refused_with_the_schema_message(deployed: 
 
 
 def test_every_deployment_exists_and_the_alerts_apply_once_however_often_deployed(deployed: Deployed) -> None:
-    from deployments.alerts import ALERTS, Alert, apply_alerts, automation
-    from socfeeds.settings import AlertSettings
+    from deployments.alerts import ALERTS, WATCHED, Alert, apply_alerts, automation
+    from socfeeds.settings import Settings
 
     with prefect_api(deployed.env["PREFECT_API_URL"]) as client:
         names = {f"{client.read_flow(d.flow_id).name}/{d.name}" for d in client.read_deployments()}
@@ -227,8 +228,10 @@ def test_every_deployment_exists_and_the_alerts_apply_once_however_often_deploye
         for name in ("socfeeds: canary failed", "platform: disk full"):  # an alert we retired, and not ours
             client.create_automation(automation(Alert(name=name, description="", expect=frozenset({"x"}), match={},
                                                       subject="s", body="b"), block_id))
-        apply_alerts(AlertSettings(**deployed.settings()["alerts"]))  # a second deploy
-        assert sorted(deployed.automation_names()) == sorted([*(alert.name for alert in ALERTS), "platform: disk full"])
+        apply_alerts(Settings(**deployed.settings()))  # a second deploy
+        switches = [f"socfeeds: no {w.noun} {w.verb}: {feed}" for w in WATCHED for feed in declared_feeds(deployed)]
+        assert sorted(deployed.automation_names()) == sorted([*(alert.name for alert in ALERTS), *switches,
+                                                              "platform: disk full"])
         block = client.read_block_document_by_name("socfeeds-alerts", "custom-webhook", include_secrets=False)
     assert deployed.inbox.path not in json.dumps(block.data, default=str), "the webhook URL is masked"
 

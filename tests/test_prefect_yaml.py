@@ -28,9 +28,10 @@ def flow_of(entrypoint: str) -> Flow[Any, Any]:
 def test_every_deployment_names_a_flow_the_outside_world_relies_on() -> None:
     names = {f"{flow_of(d['entrypoint']).name}/{d['name']}" for d in deployments()}
     assert names == {"provision-feeds/on-demand", "verify-feeds/daily", "feed-canary/daily",
-                     "rotate-reader-keys/weekly", "rotate-reader-keys/on-demand", *(
+                     "rotate-reader-keys/weekly", "rotate-reader-keys/on-demand", "audit-feeds/daily",
+                     "replay-feed/on-demand", *(
                          f"{flow}/{CHILD_DEPLOYMENT}" for flow in ("provision-feeds", "verify-feeds", "feed-canary",
-                                                                    "rotate-reader-keys"))}
+                                                                    "rotate-reader-keys", "audit-feeds"))}
 
 
 def test_schedules_are_cron_in_london_and_parameters_enforced() -> None:

@@ -168,7 +168,12 @@ def test_terraform_owned_resources_get_reads_only() -> None:
     provision, verify = target_role.provision_policy(settings), target_role.verify_policy(settings)
     extra = [s for s in provision["Statement"] if s not in verify["Statement"]]
     assert {s["Sid"] for s in extra} == {"SocfeedsCanaryAssumeWriter", "SocfeedsCanaryReads",
-                                         "SocfeedsRotationReaderKeys", "SocfeedsRotationReaderSecret"}
+                                         "SocfeedsRotationReaderKeys", "SocfeedsRotationReaderSecret",
+                                         # replay-feed sends and moves messages; it changes no resource
+                                         "SocfeedsReplayObjects", "SocfeedsReplayBucketOwner", "SocfeedsReplaySend",
+                                         "SocfeedsReplayRedrive",
+                                         # audit-feeds reads log data (keys only when a feed uses one)
+                                         "SocfeedsAuditObjects", "SocfeedsAuditLogEvents"}
 
 
 def test_a_feed_delivering_into_another_accounts_bucket_gets_its_source_only() -> None:
@@ -264,6 +269,7 @@ RENAMED = {  # boto3 operations whose IAM action has another name (Service Autho
     "s3:GetBucketNotificationConfiguration": "s3:GetBucketNotification",
     "s3:PutBucketNotificationConfiguration": "s3:PutBucketNotification",
     "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
+    "monitoring:GetMetricData": "cloudwatch:GetMetricData",  # CloudWatch signs as monitoring, IAM's prefix differs
 }
 LOG_STREAM_ACTIONS = {"CreateLogStream", "PutLogEvents", "DeleteLogStream"}
 REFUSALS = {"AccessDenied", "AccessDeniedException", "403", "UnauthorizedOperation", "KmsAccessDenied",

@@ -14,6 +14,7 @@ from moto.server import ThreadedMotoServer
 
 from deployments.local import (
     auth_fidelity,
+    cloudwatch_fidelity,
     ec2_fidelity,
     faults,
     firehose_fidelity,
@@ -37,6 +38,7 @@ def main() -> None:
     state_fidelity.apply()
     ec2_fidelity.apply()
     trust_fidelity.apply()
+    stop_metrics = cloudwatch_fidelity.apply()
     faults.apply()  # a test fault injector, not a fidelity patch: off until a test or benchmark asks for a fault
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=args.port, verbose=False)
     server.start()
@@ -45,6 +47,7 @@ def main() -> None:
         signal.signal(signum, lambda *_: stop.set())
     print(json.dumps({"port": server.get_host_and_port()[1]}), flush=True)
     stop.wait()
+    stop_metrics.set()
     server.stop()
 
 
