@@ -55,11 +55,15 @@ def limit_feeds_parameter(settings: Settings) -> str:
         mine = DeploymentFilter(tags=DeploymentFilterTags(all_=[DEPLOYMENT_TAG]))
         for deployment in client.read_deployments(deployment_filter=mine):
             schema = copy.deepcopy(deployment.parameter_openapi_schema or {})
-            feeds = schema.get("properties", {}).get("feeds")
-            if feeds is None:
+            properties = schema.get("properties", {})
+            feeds, feed = properties.get("feeds"), properties.get("feed")
+            if feeds is None and feed is None:
                 continue  # e.g. rotate-reader-keys
             where = f"{client.read_flow(deployment.flow_id).name}/{deployment.name}"
-            _limit_to(feeds, names, where)
+            if feeds is not None:
+                _limit_to(feeds, names, where)
+            if feed is not None:  # replay-feed: one S3 feed
+                feed.update(enum=declared_feed_names(settings, s3_only=True))
             try:
                 client.update_deployment(deployment.id, DeploymentUpdate(
                     parameter_openapi_schema=schema, enforce_parameter_schema=True))
@@ -68,10 +72,12 @@ def limit_feeds_parameter(settings: Settings) -> str:
     return f"deployments: feeds parameter limited to {len(names)} declared feeds"
 
 
-def declared_feed_names(settings: Settings) -> list[str]:
-    """Every feed name a run may be given: each declared account's, in declaration order."""
-    return list(dict.fromkeys(name for target in declared_targets(settings)
-                              for name in target_settings(settings, target).feed_names))
+def declared_feed_names(settings: Settings, s3_only: bool = False) -> list[str]:
+    """Every feed name a run may be given: each declared account's, in declaration order (only S3 feeds: those
+    replay-feed takes)."""
+    rendered = [target_settings(settings, target) for target in declared_targets(settings)]
+    return list(dict.fromkeys(name for each in rendered
+                              for name in (each.s3_feeds if s3_only else each.feed_names)))
 
 
 def _limit_to(feeds: dict[str, Any], names: list[str], where: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import cast
 
 from prefect import flow
-from prefect.events import emit_event
+from prefect.events import Event, emit_event
 
 from flows._common import (
     concurrent_tasks,
@@ -21,6 +21,7 @@ from flows._common import (
     target_run,
 )
 from flows._fleet import publish_feed_status, start_fleet
+from flows._slo import observed, prefetch_history, publish_feed_slos
 from socfeeds.report import STATUS_ORDER, Status
 from socfeeds.settings import SettingsError
 from tasks.audit import FeedAudit, audit_feed, unaudited
@@ -36,6 +37,17 @@ EVENT = "socfeeds.audit.completed"
 def explain(result: FeedAudit) -> str:
     return one_line(f"{result.feed}: {result.completeness} complete ({result.interval}), newest event "
                     f"{result.staleness} old -> {result.fix}")
+
+
+def emit_completed(result: FeedAudit, account: str) -> Event | None:
+    """The feed's audit as history: feed-slos and the dead-man's switch read it."""
+    return emit_event(event=EVENT, resource={"prefect.resource.id": f"socfeeds.feed.{result.feed}",
+                                             "prefect.resource.name": result.feed, "socfeeds.account": account},
+                      payload={"objects": result.objects, "sampled": result.sampled, "found": result.found,
+                               "completeness": result.found / result.sampled if result.sampled else None,
+                               "ci_low": result.ci_low, "ci_high": result.ci_high,
+                               "staleness_seconds": result.staleness_seconds, "missing_keys": result.missing_keys,
+                               "account": account})
 
 
 audit_task = failing_when(audit_feed, lambda results: [explain(r) for r in results if r.status is Status.FAIL])
@@ -76,18 +88,12 @@ def audit_feeds(feeds: list[str] | None = None, window_hours: float | None = Non
     except XqlError as error:
         raise SettingsError(f"audit-feeds finds records through XSIAM's XQL API, which is not configured: {error}") \
             from None
+    history = prefetch_history(run.settings, audited)  # read while the feeds are audited
     with xql:
         results, errors = gather((f"audit[{name}]", audit_task.submit(run.aws, xql, run.settings, name, hours, size))
                                  for name in audited)
     account = run.settings.account_id
-    for result in results:
-        emit_event(event=EVENT, resource={"prefect.resource.id": f"socfeeds.feed.{result.feed}",
-                                          "prefect.resource.name": result.feed, "socfeeds.account": account},
-                   payload={"objects": result.objects, "sampled": result.sampled, "found": result.found,
-                            "completeness": result.found / result.sampled if result.sampled else None,
-                            "ci_low": result.ci_low, "ci_high": result.ci_high,
-                            "staleness_seconds": result.staleness_seconds, "missing_keys": result.missing_keys,
-                            "account": account})
+    emitted = [emit_completed(result, account) for result in results]
     results += [unaudited(feed_of(label), account, error) for label, error in errors]
     results.sort(key=lambda r: STATUS_ORDER[r.status])
     failed = [r for r in results if r.status is Status.FAIL]
@@ -95,6 +101,7 @@ def audit_feeds(feeds: list[str] | None = None, window_hours: float | None = Non
     publish("audit-feeds", summary, results, AUDIT_COLUMNS)
     publish_failures(FAILURES_ARTIFACT, summary, failed, FAILURE_COLUMNS,
                      f"All {len(results)} feeds complete and fresh within their objectives.")
+    publish_feed_slos(run.settings, audited, observed(emitted), history)
     publish_feed_status("audit-feeds", run.target, {
         r.feed: (r.status.value, "" if r.status is Status.PASS else explain(r)) for r in results})
     if failed:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 import uuid
 from typing import cast
 
 from prefect import flow, get_run_logger, runtime
-from prefect.events import emit_event
+from prefect.events import Event, emit_event
 from prefect.futures import PrefectFuture, wait
-from prefect.variables import Variable
 
 from flows._common import (
     Run,
@@ -27,13 +25,13 @@ from flows._common import (
     target_run,
 )
 from flows._fleet import publish_feed_status, start_fleet
+from flows._slo import observed, prefetch_history, publish_feed_slos
 from tasks.canary import CanaryResult, canary_feed, writer_clients
 from tasks.xql import XqlClient
 
 CANARY_COLUMNS = ["status", "leg", "fix", "feed", "strategy", "latency_ms", "detail"]
 FAILURE_COLUMNS = ["feed", "leg", "fix", "detail"]
 FAILURES_ARTIFACT = "feed-canary-failures"
-LATENCY_VARIABLE = "socfeeds-canary-latency-ms"
 PROGRESS_SECONDS = 10.0
 
 
@@ -54,7 +52,8 @@ def feed_canary(feeds: list[str] | None = None, accounts: list[str] | None = Non
     the run ends Failed if any feed fails, naming the leg (write, notification, collection,
     delivery, backup) and the fix, that feed's task marked Failed. Logs which feeds are still waiting
     every PROGRESS_SECONDS. Publishes a table (failed first) and a failures-only artifact. Emits
-    socfeeds.canary.passed / socfeeds.canary.failed per feed.
+    socfeeds.canary.passed / socfeeds.canary.failed per feed, which are also the SLO history: the `feed-slos`
+    artifact (flows/_slo.py) reads them back, while the feeds run, and adds this run's.
 
     In fleet mode (several accounts), runs one child per account and publishes the coverage matrix.
 
@@ -73,21 +72,23 @@ def feed_canary(feeds: list[str] | None = None, accounts: list[str] | None = Non
     futures: list[tuple[str, PrefectFuture[list[CanaryResult]]]] = [
         (name, canary_task.submit(run.aws, writer, xql, run.settings, name, run_tag)) for name in run.feeds
         if name not in run.delivering_feeds]
+    history = prefetch_history(run.settings, [name for name, _ in futures])  # read while the feeds run
     wait_reporting_progress(run, futures)
     results, errors = gather((f"canary[{name}]", future) for name, future in futures)
-    history = record_latencies(results, run.settings.canary.latency_history)
     account = run.settings.account_id
+    emitted: list[Event | None] = []
     for result in results:
         resource = {"prefect.resource.id": f"socfeeds.feed.{result.feed}", "prefect.resource.name": result.feed,
                     "socfeeds.account": account}
-        emit_event(event=f"socfeeds.canary.{result.status}", resource=resource,
-                   payload={"leg": result.leg, "latency_ms": result.latency_ms, "detail": result.detail,
-                            "fix": result.fix, "median_latency_ms": history.get(result.feed), "account": account})
+        emitted.append(emit_event(event=f"socfeeds.canary.{result.status}", resource=resource,
+                                  payload={"leg": result.leg, "latency_ms": result.latency_ms,
+                                           "detail": result.detail, "fix": result.fix, "account": account}))
     results.sort(key=lambda r: r.passed)  # failed feeds first
     failed = [r for r in results if not r.passed]
     summary = f"feed-canary: {len(failed)} of {len(results)} feeds failed"
     publish("feed-canary", summary, results, CANARY_COLUMNS)
     publish_failures(FAILURES_ARTIFACT, summary, failed, FAILURE_COLUMNS, f"All {len(results)} feeds passed.")
+    publish_feed_slos(run.settings, [name for name, _ in futures], observed(emitted), history)
     publish_feed_status("feed-canary", run.target, {
         **{name: ("pass", f"delivers to s3://{feed.bucket} of account {feed.bucket_account}, whose canary confirms "
                           "the bucket's path") for name, feed in run.settings.delivering_feeds.items()
@@ -119,15 +120,3 @@ def wait_reporting_progress(run: Run, futures: list[tuple[str, PrefectFuture[lis
 
 def deadline_of(run: Run, feed: str) -> int:
     return run.settings.feed(feed).canary_deadline_seconds
-
-
-def record_latencies(results: list[CanaryResult], keep: int) -> dict[str, int]:
-    """Append today's latencies to the history variable; returns each feed's median, so drift shows."""
-    history: dict[str, list[int]] = dict(Variable.get(LATENCY_VARIABLE, default={}) or {})
-    for result in results:
-        if result.latency_ms is not None:
-            history[result.feed] = [*history.get(result.feed, []), result.latency_ms][-keep:]
-    Variable.set(LATENCY_VARIABLE, history, overwrite=True)
-    medians = {feed: int(statistics.median(values)) for feed, values in history.items() if values}
-    get_run_logger().info("canary latency medians (ms, last %d runs): %s", keep, medians)
-    return medians

@@ -37,6 +37,11 @@ def find_or_install() -> str:
 def page_text(chromium: str, url: str, screenshot: Path, window: tuple[int, int] = (1920, 1080)) -> str:
     """Render the page in a window of `window` (width, height) px, keep a PNG of it; returns the page's visible
     text, spaces collapsed."""
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page_dom(chromium, url, screenshot, window)))
+
+
+def page_dom(chromium: str, url: str, screenshot: Path, window: tuple[int, int] = (1920, 1080)) -> str:
+    """As page_text, but the rendered DOM itself, so a test can see which elements the UI kept (an image's src)."""
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as profile:
         answer = subprocess.run([chromium, *FLAGS, f"--window-size={window[0]},{window[1]}",
@@ -45,4 +50,4 @@ def page_text(chromium: str, url: str, screenshot: Path, window: tuple[int, int]
                                 check=False)
     assert answer.returncode == 0, f"chromium {url} failed: {answer.stderr[-1000:]}"
     assert screenshot.stat().st_size > 10_000, f"{screenshot} is empty"
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", answer.stdout))
+    return answer.stdout

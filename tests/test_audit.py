@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from conftest import Stack, prefect_events
+from test_verify import artifacts_of
 from test_xsiam_standin import eventually
 
 from deployments.local.stack import LocalXsiam
@@ -233,6 +234,9 @@ def test_audit_finds_objects_xsiam_never_heard_of(stack: Stack, collecting: Loca
     assert events[0]["resource"]["prefect.resource.id"] == "socfeeds.feed.cloudtrail"
     assert events[0]["payload"]["completeness"] == 0.75 and events[0]["payload"]["sampled"] == 16
     assert json.dumps(events[0]).count(stack.settings.account_id) >= 2  # resource label and payload
+    slos = str(artifacts_of(state)["feed-slos"].data)  # the audit's own result, passed in, is the latest
+    rows = {tuple(line.split(" | ")[1:3]): line.split(" | ")[3] for line in slos.splitlines() if " | " in line}
+    assert rows["cloudtrail", "completeness"].startswith("75.00% (12 of 16 found"), slos
 
 
 def test_bad_parameters_are_refused_naming_the_field(stack: Stack) -> None:

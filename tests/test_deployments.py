@@ -299,6 +299,9 @@ def test_an_undeclared_or_empty_feeds_list_is_refused_before_a_run_is_created(de
             assert deployment.enforce_parameter_schema and feeds["anyOf"] == [
                 {"type": "array", "items": {"type": "string", "enum": declared_feeds(deployed)}, "minItems": 1},
                 {"type": "null"}], (name, feeds)
+        replay = client.read_deployment_by_name("replay-feed/on-demand").parameter_openapi_schema or {}
+        s3_feeds = [name for name in declared_feeds(deployed) if name in deployed.settings()["s3_feeds"]]
+        assert replay["properties"]["feed"]["enum"] == s3_feeds and "eks-control-plane" not in s3_feeds, replay
         verify_id = client.read_deployment_by_name("verify-feeds/daily").id
 
     browser = chromium.find_or_install()
