@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from typing import cast
@@ -69,12 +70,13 @@ def feed_canary(feeds: list[str] | None = None, accounts: list[str] | None = Non
     writer = writer_clients(run.aws, run.settings, run_tag)
     wants_siem = run.firehose_feeds or any(run.settings.s3_feeds[n].canary_strategy == "siem" for n in run.s3_feeds)
     xql = XqlClient.from_settings(run.settings) if wants_siem else None
-    futures: list[tuple[str, PrefectFuture[list[CanaryResult]]]] = [
-        (name, canary_task.submit(run.aws, writer, xql, run.settings, name, run_tag)) for name in run.feeds
-        if name not in run.delivering_feeds]
-    history = prefetch_history(run.settings, [name for name, _ in futures])  # read while the feeds run
-    wait_reporting_progress(run, futures)
-    results, errors = gather((f"canary[{name}]", future) for name, future in futures)
+    with xql or contextlib.nullcontext():  # every query finished and the connection closed with the feeds
+        futures: list[tuple[str, PrefectFuture[list[CanaryResult]]]] = [
+            (name, canary_task.submit(run.aws, writer, xql, run.settings, name, run_tag)) for name in run.feeds
+            if name not in run.delivering_feeds]
+        history = prefetch_history(run.settings, [name for name, _ in futures])  # read while the feeds run
+        wait_reporting_progress(run, futures)
+        results, errors = gather((f"canary[{name}]", future) for name, future in futures)
     account = run.settings.account_id
     emitted: list[Event | None] = []
     for result in results:

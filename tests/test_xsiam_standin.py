@@ -16,14 +16,21 @@ from typing import Any, TypeVar
 
 import pytest
 from conftest import Stack
+from pydantic import SecretStr
 
+from deployments.local.processes import free_port
 from deployments.local.stack import Credentials, LocalXsiam, collector_feeds
 from deployments.xsiam.firehose import MAX_BODY_BYTES
+from deployments.xsiam.xql import EXECUTION_SECONDS
+from flows._common import items_of
+from flows.canary import feed_canary
 from socfeeds import formats
 from tasks.buckets import ensure_bucket
+from tasks.canary import backup_wait_seconds, stream_timing
 from tasks.notifications import ensure_notification
 from tasks.queues import ensure_queues, queue_url
 from tasks.reader import ensure_reader
+from tasks.xql import RESULT_LIMIT, XqlClient, XqlError
 
 T = TypeVar("T")
 
@@ -140,7 +147,7 @@ def test_bad_requests_get_the_protocol_answer_and_store_nothing(
     assert len(xsiam.events()) == before
 
 
-# --- XQL query API -----------------------------------------------------------------------------
+# --- XQL query API ---------------------------------------------------------------------------
 
 def xql(xsiam: LocalXsiam, call: str, data: dict[str, Any], key: str | None = None) -> tuple[int, dict[str, Any]]:
     headers = {"Authorization": key or xsiam.api_key, "x-xdr-auth-id": xsiam.api_key_id,
@@ -148,43 +155,168 @@ def xql(xsiam: LocalXsiam, call: str, data: dict[str, Any], key: str | None = No
     return post(f"{xsiam.api_url}/xql/{call}", json.dumps({"request_data": data}).encode(), headers)
 
 
-def start_query(xsiam: LocalXsiam, query: str) -> str:
+def start_query(xsiam: LocalXsiam, query: str) -> tuple[int, dict[str, Any]]:
     now = int(time.time() * 1000)
-    status, answer = xql(xsiam, "start_xql_query", {"query": query, "tenants": [],
-                                                     "timeframe": {"from": now - 3_600_000, "to": now + 60_000}})
-    assert status == 200
+    return xql(xsiam, "start_xql_query", {"query": query, "tenants": [],
+                                         "timeframe": {"from": now - 3_600_000, "to": now + 60_000}})
+
+
+def started(xsiam: LocalXsiam, query: str) -> str:
+    status, answer = start_query(xsiam, query)
+    assert status == 200, answer
     return str(answer["reply"])
 
 
-def test_query_finds_the_marker_after_pending(xsiam: LocalXsiam) -> None:
-    marker = uuid.uuid4().hex
-    body, headers = firehose_request([cloudwatch_record([f"canary {marker}"])], xsiam.firehose_token)
+def outcome(xsiam: LocalXsiam, query_id: str) -> dict[str, Any] | None:
+    """The query's reply once it is no longer PENDING."""
+    reply: dict[str, Any] = xql(xsiam, "get_query_results", {"query_id": query_id, "limit": 1000})[1]["reply"]
+    return None if reply["status"] == "PENDING" else reply
+
+
+def deliver(xsiam: LocalXsiam, messages: list[str], timestamp_ms: int | None = None) -> None:
+    """EKS events through the Firehose endpoint, stamped now (XQL's timeframe is on the events' time)."""
+    record = cloudwatch_record(messages)
+    if timestamp_ms is not None:
+        payload = json.loads(gzip.decompress(base64.b64decode(record["data"])))
+        for event in payload["logEvents"]:
+            event["timestamp"] = timestamp_ms
+        record = {"data": base64.b64encode(gzip.compress(json.dumps(payload).encode())).decode()}
+    body, headers = firehose_request([record], xsiam.firehose_token)
     assert post(xsiam.firehose_url, body, headers)[0] == 200
-    query_id = start_query(xsiam, f'dataset = amazon_eks_raw | filter _raw_log contains "{marker}"')
-    request = {"query_id": query_id, "pending_flag": True, "limit": 100, "format": "json"}
-    assert xql(xsiam, "get_query_results", request)[1]["reply"]["status"] == "PENDING"
-    reply = xql(xsiam, "get_query_results", request)[1]["reply"]
+
+
+@pytest.fixture
+def slow_queries(xsiam: LocalXsiam) -> Iterator[Callable[[float], float]]:
+    """Lets a test make every XQL query run longer; restores the default and waits out what it started."""
+    yield xsiam.query_execution
+    xsiam.query_execution(EXECUTION_SECONDS)
+    eventually("the stand-in's 4 query slots free", lambda: all_slots_free(xsiam))
+
+
+def all_slots_free(xsiam: LocalXsiam) -> bool:
+    """4 queries start, and are waited out: the next test finds every slot free."""
+    probes = [start_query(xsiam, 'dataset = aws_s3_raw | filter _raw_log contains "probe"') for _ in range(4)]
+    eventually("probes done", lambda: all(outcome(xsiam, str(answer["reply"])) for status, answer in probes
+                                          if status == 200))
+    return all(status == 200 for status, _ in probes)
+
+
+def test_a_query_is_pending_while_it_runs_then_finds_the_marker(xsiam: LocalXsiam) -> None:
+    marker = uuid.uuid4().hex
+    deliver(xsiam, [f"canary {marker}"], int(time.time() * 1000))
+    query_id = started(xsiam, f'dataset = amazon_eks_raw | filter _raw_log contains "{marker}"')
+    assert outcome(xsiam, query_id) is None, "PENDING first: the query runs on the server"
+    reply = eventually("query done", lambda: outcome(xsiam, query_id))
     assert reply["status"] == "SUCCESS" and reply["number_of_results"] == 1
     assert reply["results"]["data"][0]["_raw_log"] == f"canary {marker}"
 
 
-def test_unknown_query_shape_fails_clearly(xsiam: LocalXsiam) -> None:
-    query_id = start_query(xsiam, "dataset = amazon_eks_raw | fields _raw_log | limit 5")
-    reply = xql(xsiam, "get_query_results", {"query_id": query_id})[1]["reply"]
-    assert reply["status"] == "FAIL" and "accepts only" in reply["error"]
+@pytest.mark.parametrize("query", [
+    "dataset = amazon_eks_raw | fields _raw_log | limit 5",
+    'dataset = amazon_eks_raw | filter _raw_log contains "a*b"',
+    'dataset = amazon_eks_raw | filter _raw_log contains "a" and _raw_log contains "b"',
+    'dataset = amazon_eks_raw | filter _raw_log = "a"',
+    "dataset = amazon_eks_raw | comp sum(_time) as total",
+    'dataset = amazon_eks_raw | filter _raw_log contains "a" | fields _time',
+], ids=["limit", "wildcard", "and", "equals", "sum", "other-field"])
+def test_queries_outside_the_subset_fail_saying_what_is_accepted(xsiam: LocalXsiam, query: str) -> None:
+    reply = eventually("query done", lambda: outcome(xsiam, started(xsiam, query)))
+    assert reply["status"] == "FAIL" and "accepts only" in reply["error"] and "comp max(_time)" in reply["error"]
 
 
-def test_query_api_checks_the_key_and_limits_parallel_queries(xsiam: LocalXsiam) -> None:
+def test_queries_complete_on_their_own_and_hold_a_slot_only_while_running(
+        xsiam: LocalXsiam, slow_queries: Callable[[float], float]) -> None:
+    """XSIAM's 4-query limit: nobody polls these, yet their slots free once they have run."""
     status, answer = xql(xsiam, "start_xql_query", {"query": "x"}, key="wrong")
     assert status == 401 and "unauthorized" in answer["reply"]["err_msg"]
-    running = [start_query(xsiam, f'dataset = aws_s3_raw | filter _raw_log contains "q{i}"') for i in range(4)]
+    slow_queries(0.5)
+    for i in range(4):
+        started(xsiam, f'dataset = aws_s3_raw | filter _raw_log contains "q{i}"')
+    status, answer = start_query(xsiam, 'dataset = aws_s3_raw | filter _raw_log contains "q5"')
+    assert status == 500 and "maximum of 4 parallel running queries" in answer["reply"]["err_msg"]
+    eventually("a slot freed without any poll", lambda: start_query(
+        xsiam, 'dataset = aws_s3_raw | filter _raw_log contains "q6"')[0] == 200)
+
+
+# --- the XQL client (tasks.xql) against the stand-in --------------------------------------------
+
+@pytest.fixture
+def client(xsiam: LocalXsiam) -> Iterator[XqlClient]:
+    with XqlClient(xsiam.api_url, xsiam.api_key_id, SecretStr(xsiam.api_key)) as xql_client:
+        yield xql_client
+
+
+def window() -> tuple[int, int, float]:
+    """(from_ms, to_ms, deadline): the last hour, 20 s to answer."""
     now = int(time.time() * 1000)
-    status, answer = xql(xsiam, "start_xql_query", {"query": 'dataset = aws_s3_raw | filter _raw_log contains "q5"',
-                                                    "timeframe": {"from": now, "to": now}})
-    assert status == 500 and "4 parallel" in answer["reply"]["err_msg"]
-    for query_id in running:  # finish them so other tests can query
-        for _ in range(2):
-            xql(xsiam, "get_query_results", {"query_id": query_id})
+    return now - 3_600_000, now + 60_000, time.monotonic() + 20
+
+
+def test_find_batches_ten_needles_a_query_and_matches_them_in_the_rows(xsiam: LocalXsiam, client: XqlClient) -> None:
+    run = uuid.uuid4().hex[:8]
+    held = [f"held-{run}-{i}" for i in range(25)]
+    deliver(xsiam, [f"GET /x id={needle.upper()} 200" for needle in held[:5]] + [f"event {n}" for n in held[5:]],
+            int(time.time() * 1000))
+    absent = [f"absent-{run}-{i}" for i in range(5)]
+    found = client.find("amazon_eks_raw", [*held, *absent, held[0]], *window())
+    assert found == set(held), "contains is case-insensitive, as XQL's default"
+    assert client.queries_started == 3  # 30 distinct needles, 10 a query
+
+
+def test_find_asks_again_for_needles_a_full_page_of_rows_may_hide(xsiam: LocalXsiam, client: XqlClient) -> None:
+    run = uuid.uuid4().hex[:8]
+    now = int(time.time() * 1000)
+    deliver(xsiam, [f"noisy-{run} line {i}" for i in range(RESULT_LIMIT + 1)], now)
+    deliver(xsiam, [f"rare-{run}"], now)
+    assert client.find("amazon_eks_raw", [f"noisy-{run}", f"rare-{run}"], *window()) == {f"noisy-{run}", f"rare-{run}"}
+    assert client.queries_started == 2, "the first answer was cut at 1,000 rows: rare was asked again on its own"
+
+
+def test_newest_ms_is_the_newest_event_time(xsiam: LocalXsiam, client: XqlClient) -> None:
+    marker, now = uuid.uuid4().hex, int(time.time() * 1000)
+    deliver(xsiam, [f"old {marker}"], now - 120_000)
+    deliver(xsiam, [f"new {marker}"], now - 60_000)
+    assert client.newest_ms("amazon_eks_raw", *window(), contains=marker) == now - 60_000
+    assert client.newest_ms("amazon_eks_raw", *window(), contains=uuid.uuid4().hex) is None
+    newest = client.newest_ms("amazon_eks_raw", *window())
+    assert newest is not None and newest >= now - 60_000
+
+
+def test_a_query_reaching_the_deadline_is_polled_to_its_end(
+        xsiam: LocalXsiam, client: XqlClient, slow_queries: Callable[[float], float]) -> None:
+    """Issue 15 part 6: the slot is given back when XSIAM's is, so 4 queries can start the moment search returns."""
+    slow_queries(0.5)
+    from_ms, to_ms, _ = window()
+    started_at = time.monotonic()
+    assert client.search("amazon_eks_raw", uuid.uuid4().hex, from_ms, to_ms, deadline=started_at + 0.1) == []
+    assert time.monotonic() - started_at >= 0.5, "the query was still running at the deadline"
+    answers = [start_query(xsiam, f'dataset = aws_s3_raw | filter _raw_log contains "after-{i}"') for i in range(4)]
+    assert [status for status, _ in answers] == [200] * 4, answers
+
+
+def test_client_errors_name_what_to_check_and_never_the_key(xsiam: LocalXsiam) -> None:
+    key = SecretStr("not-the-key-" + uuid.uuid4().hex)
+    with XqlClient(xsiam.api_url, xsiam.api_key_id, key) as wrong:
+        with pytest.raises(XqlError, match=r"answered 401.*check xsiam_api_key") as refused:
+            wrong.search("amazon_eks_raw", "x", *window())
+        assert key.get_secret_value() not in str(refused.value) and key.get_secret_value() not in repr(wrong)
+    with XqlClient(f"http://127.0.0.1:{free_port()}/public_api/v1", "1", key) as nowhere, \
+            pytest.raises(XqlError, match="unreachable"):
+        nowhere.newest_ms("amazon_eks_raw", *window())
+
+
+@pytest.mark.parametrize("needle", ['say "hi"', "C:\\path", "wild*card", "two\nlines", ""])
+def test_needles_an_xql_literal_cannot_hold_are_refused_before_any_query(needle: str) -> None:
+    with XqlClient("http://127.0.0.1:9/public_api/v1", "1", SecretStr("k")) as unused:
+        with pytest.raises(XqlError, match="cannot be searched with XQL contains"):
+            unused.find("amazon_eks_raw", ["fine", needle], 0, 1, time.monotonic() + 1)
+        assert unused.queries_started == 0
+
+
+def test_find_never_reports_needles_it_could_not_ask_as_missing() -> None:
+    with XqlClient("http://127.0.0.1:9/public_api/v1", "1", SecretStr("k")) as late, \
+            pytest.raises(XqlError, match="deadline passed before 1 needles were asked"):
+        late.find("amazon_eks_raw", ["needle"], 0, 1, time.monotonic() - 1)
 
 
 # --- S3 collector over SQS ---------------------------------------------------------------------
@@ -200,7 +332,8 @@ def provision_s3_feeds(stack: Stack) -> Credentials:
 
 
 @pytest.fixture
-def collecting(stack: Stack, tmp_path: Path) -> Iterator[tuple[LocalXsiam, Credentials]]:
+def reading(stack: Stack, tmp_path: Path) -> Iterator[tuple[LocalXsiam, Credentials]]:
+    """A stand-in that only collects the S3 feeds, with the reader's key given directly."""
     reader = provision_s3_feeds(stack)
     collector = LocalXsiam(tmp_path, stack.local).collect(collector_feeds(stack.local, stack.values),
                                                           reader_key=reader).start()
@@ -214,8 +347,8 @@ def put(stack: Stack, feed: str, obj: formats.LogObject) -> None:
                                   ContentType=obj.content_type, **extra)
 
 
-def test_each_s3_log_format_is_collected(stack: Stack, collecting: tuple[LocalXsiam, Credentials]) -> None:
-    standin, _ = collecting
+def test_each_s3_log_format_is_collected(stack: Stack, reading: tuple[LocalXsiam, Credentials]) -> None:
+    standin, _ = reading
     settings = stack.settings
     origin = formats.Origin(settings.account_id, settings.region, vpc_id=settings.vpc_id or "vpc-00000000")
     marker, now = uuid.uuid4().hex, datetime.now(UTC)
@@ -229,7 +362,8 @@ def test_each_s3_log_format_is_collected(stack: Stack, collecting: tuple[LocalXs
     assert trail["raw"]["userAgent"] == f"socfeeds-canary/{marker}-cloudtrail"
     assert trail["raw"]["eventType"] == "AwsApiCall" and trail["source"] == "cloudtrail"
     [flow] = eventually("flow log record", lambda: collected("aws_s3_raw", "vpc-flow-logs"))
-    assert flow["raw"]["instance-id"] == f"i-{marker}-vpc-flow-logs" and len(flow["raw"]) == 26
+    fields = dict(zip(formats.FLOW_LOG_FIELDS, flow["raw"].split(" "), strict=True))  # the line, as written
+    assert fields["instance-id"] == f"i-{marker}-vpc-flow-logs"
     [dns] = eventually("resolver record", lambda: collected("amazon_route53_raw", "route53-resolver"))
     assert dns["raw"]["query_name"].startswith(f"{marker}-route53-resolver.") and dns["raw"]["query_class"] == "IN"
     [app] = eventually("fluent bit record", lambda: collected("amazon_aws_raw", "application-logs"))
@@ -247,8 +381,8 @@ def queue_depth(stack: Stack, queue: str) -> int:
     return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
 
-def test_junk_messages_do_not_stop_collection(stack: Stack, collecting: tuple[LocalXsiam, Credentials]) -> None:
-    standin, _ = collecting
+def test_junk_messages_do_not_stop_collection(stack: Stack, reading: tuple[LocalXsiam, Credentials]) -> None:
+    standin, _ = reading
     settings = stack.settings
     url = queue_url(stack.aws, settings.s3_feeds["application-logs"].queue)
     stack.client("sqs").send_message(QueueUrl=url, MessageBody="this is not json")
@@ -265,8 +399,8 @@ def test_junk_messages_do_not_stop_collection(stack: Stack, collecting: tuple[Lo
 
 
 def test_deleted_reader_key_is_an_auth_failure_not_a_crash(
-        stack: Stack, collecting: tuple[LocalXsiam, Credentials]) -> None:
-    standin, reader = collecting
+        stack: Stack, reading: tuple[LocalXsiam, Credentials]) -> None:
+    standin, reader = reading
     stack.client("iam").delete_access_key(UserName=stack.settings.reader.user_name, AccessKeyId=reader.access_key_id)
     [failure, *_] = eventually("auth failure recorded", lambda: [
         f for f in standin.failures() if f["kind"] == "auth"])
@@ -296,3 +430,76 @@ def test_collector_reloads_the_key_from_the_rotation_secret(stack: Stack, tmp_pa
         assert standin.reload() == key["AccessKeyId"]
     finally:
         standin.stop()
+
+
+def test_the_collector_pauses_and_drops_on_request(stack: Stack, reading: tuple[LocalXsiam, Credentials]) -> None:
+    """For the audit and replay tests: paused leaves notifications queued, dropping deletes them unread."""
+    standin, _ = reading
+    settings = stack.settings
+    origin, queue = formats.Origin(settings.account_id, settings.region), settings.s3_feeds["application-logs"].queue
+    eventually("S3's test event consumed", lambda: queue_depth(stack, queue) == 0)
+    assert standin.collector_mode("paused") == "paused"
+    lost, kept = uuid.uuid4().hex, uuid.uuid4().hex
+    put(stack, "application-logs", formats.fluent_bit(origin, lost, datetime.now(UTC)))
+    url = queue_url(stack.aws, queue)
+    eventually("the notification waits, visible", lambda: stack.client("sqs").get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]["ApproximateNumberOfMessages"]
+        == "1")
+    assert standin.collector_mode("dropping") == "dropping"
+    eventually("the notification deleted unread", lambda: queue_depth(stack, queue) == 0)
+    assert standin.collector_mode("running") == "running"
+    put(stack, "application-logs", formats.fluent_bit(origin, kept, datetime.now(UTC)))
+    eventually("collected again", lambda: standin.count("amazon_aws_raw", kept) == 1)
+    assert standin.count("amazon_aws_raw", lost) == 0, "a dropped object is lost: only a replay brings it back"
+    with pytest.raises(urllib.error.HTTPError, match="400"):
+        standin.collector_mode("sleeping")
+
+
+# --- the canary's queries always finish (issue 15 part 6) ---------------------------------------
+
+def test_canary_deadlines_under_xsiam_query_limits_and_firehose_retries(stack: Stack, collecting: LocalXsiam) -> None:
+    """A feed failing by its deadline leaves no query behind: with queries 2.5 s long its deadline (5 s) falls while
+    its second query runs (started >= 2.7 s after the write, after a 0.2 s pause), and the next run, at once, takes all 4 of XSIAM's query slots for 5 feeds and must find
+    every marker. Then the EKS canary's wait follows the stream it is subscribed to (sharing the provisioning)."""
+    feeds = ["cloudtrail", "vpc-flow-logs", "route53-resolver", "application-logs", "modsecurity"]
+    stack.update(s3_feeds={name: {**feed, "canary_deadline_seconds": 5} for name, feed in
+                           stack.values["s3_feeds"].items()})
+    collecting.collector_mode("paused")
+    collecting.query_execution(2.5)
+    state = feed_canary(feeds=["application-logs"], return_state=True)
+    [failed] = items_of(state)
+    assert (failed.status, failed.leg) == ("failed", "collection") and "not reading the queue" in failed.detail
+    collecting.query_execution(EXECUTION_SECONDS)
+    collecting.collector_mode("running")
+    state = feed_canary(feeds=feeds, return_state=True)
+    results = items_of(state)
+    assert state.is_completed() and {r.feed for r in results if r.passed} == set(feeds), results
+
+    settings = stack.settings
+    feed = settings.firehose_feeds["eks-control-plane"]
+    stack.client("firehose").update_destination(**retry_of(stack, feed.delivery_stream, 900))
+    assert stream_timing(stack.aws, settings, feed) == (feed.buffering_seconds, 900), "the stream's, not settings'"
+    stack.client("logs").delete_subscription_filter(logGroupName=feed.log_group, filterName=feed.subscription_filter)
+    assert stream_timing(stack.aws, settings, feed) is None, "nothing reaches Firehose: no backup to wait for"
+
+
+# --- the EKS canary waits as long as Firehose's retries (issue 15 part 6) -----------------------
+
+@pytest.mark.parametrize(("deadline", "buffering", "retry", "waited"), [
+    (240, 60, 300, 420),  # the defaults: 60 s buffer + 300 s of retries + 60 s margin outlast the 240 s deadline
+    (240, 900, 7200, 8160),  # the longest a stream can take
+    (600, 60, 300, 600),  # a deadline already long enough is kept
+    (240, 0, 0, 240),  # no retries: nothing more to wait for
+])
+def test_the_backup_wait_covers_buffering_and_retries(deadline: int, buffering: int, retry: int, waited: int) -> None:
+    assert backup_wait_seconds(deadline, buffering, retry) == waited
+
+
+def retry_of(stack: Stack, stream: str, seconds: int) -> dict[str, Any]:
+    """The update_destination call that changes only the stream's retry duration (as an operator might)."""
+    description = stack.client("firehose").describe_delivery_stream(DeliveryStreamName=stream)[
+        "DeliveryStreamDescription"]
+    destination = description["Destinations"][0]
+    return {"DeliveryStreamName": stream, "CurrentDeliveryStreamVersionId": description["VersionId"],
+            "DestinationId": destination["DestinationId"],
+            "HttpEndpointDestinationUpdate": {"RetryOptions": {"DurationInSeconds": seconds}}}

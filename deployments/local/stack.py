@@ -299,6 +299,8 @@ def prefect_env(state_dir: Path, api_url: str) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "PREFECT_UI_ENABLED": "true",
+        # The feed-slos budgets count the last 30 days of events; the server's default keeps only 7.
+        "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": "P31D",
     }
 
 
@@ -569,6 +571,15 @@ class LocalXsiam:
     def reload(self, stage: str = "AWSCURRENT") -> str:
         """What an operator does when pasting a key: the collector takes the key in the secret's stage."""
         return str(self._call("POST", f"/standin/reload?stage={stage}")["key_id"])
+
+    def collector_mode(self, mode: str) -> str:
+        """running; paused (messages stay queued, as when XSIAM's data source is down); dropping (messages deleted
+        unread: silent loss). Returns once no message is handled under the previous mode any more."""
+        return str(self._call("POST", f"/standin/collector?mode={mode}")["mode"])
+
+    def query_execution(self, seconds: float) -> float:
+        """How long each XQL query runs before it completes (PENDING until then, holding one of the 4 slots)."""
+        return float(self._call("POST", f"/standin/xql?execution_seconds={seconds}")["execution_seconds"])
 
     def reload_all(self, stage: str = "AWSCURRENT") -> dict[str, str]:
         """reload() for a fleet: every account's collector; {account id: the key id it now uses}."""

@@ -5,6 +5,10 @@ records by log type, store them, delete the message. A processing error leaves t
 redelivery (so the queue's DLQ policy is exercised); an authentication failure is recorded with
 the key id that failed. Credentials can be reloaded from the Secrets Manager secret the rotation
 flow writes, on SIGHUP (via `reload()`) or on an interval, as an operator pasting a new key would.
+
+For the audit and replay tests, the collector can be paused (messages stay on the queues, as when
+XSIAM's data source is down) or set to drop (messages deleted without ingesting: the silent loss
+users of S3 -> SQS SIEM inputs report), then set running again.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import gzip
 import json
 import threading
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Literal, cast
 from urllib.parse import unquote_plus
 
 import boto3
@@ -27,6 +31,8 @@ from socfeeds.settings import LOG_TYPE_DATASETS
 AUTH_ERRORS = {"InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException",
                "InvalidAccessKeyId", "AccessDenied", "AccessDeniedException", "ExpiredToken", "403"}
 WAIT_SECONDS = 2  # short long polls keep shutdown prompt; a send still wakes them at once
+CollectorMode = Literal["running", "paused", "dropping"]
+MODES: tuple[CollectorMode, ...] = ("running", "paused", "dropping")
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,8 @@ class Collector:
         self._clients: dict[str, Any] = {}
         self._threads: list[threading.Thread] = []
         self._last_failure: dict[str, str] = {}
+        self._handling = 0  # receives being handled (under _changed): a mode change waits for them
+        self.mode: CollectorMode = "running"
         self.key_id = ""
 
     # --- credentials -------------------------------------------------------------------------
@@ -134,6 +142,16 @@ class Collector:
         for thread in self._threads:
             thread.join(timeout=WAIT_SECONDS + 15)
 
+    def set_mode(self, mode: str) -> CollectorMode:
+        """running, paused or dropping; returns once no message is handled under the previous mode any more."""
+        if mode not in MODES:
+            raise ValueError(f"collector mode {mode!r} is not one of {', '.join(MODES)}")
+        with self._changed:
+            self.mode = mode
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: self._handling == 0, timeout=WAIT_SECONDS + 30)
+            return self.mode
+
     def _reload_loop(self) -> None:
         assert self.reload_seconds is not None
         while not self._stop.wait(self.reload_seconds):
@@ -142,6 +160,8 @@ class Collector:
     def _poll_feed(self, feed: FeedSource) -> None:
         backoff = 0.5
         while not self._stop.is_set():
+            with self._changed:  # paused: no receive at all, so the messages wait on the queue
+                self._changed.wait_for(lambda: self._stop.is_set() or self.mode != "paused")
             generation = self._generation
             loaded = bool(self._clients) or self._guard("reload", self._load)
             if loaded and self._guard(f"collector:{feed.name}", self.collect_once, feed):
@@ -187,20 +207,39 @@ class Collector:
         sqs, _ = self._client("sqs")
         messages = sqs.receive_message(QueueUrl=feed.queue_url, MaxNumberOfMessages=max_messages,
                                        WaitTimeSeconds=WAIT_SECONDS).get("Messages", [])
-        handled = 0
+        with self._changed:
+            mode = self.mode
+            if mode == "paused":  # paused while this poll waited: the messages go back untouched
+                self._release(sqs, feed, messages)
+                return 0
+            self._handling += 1
+        try:
+            return sum(self._take(sqs, feed, message, ingest=mode == "running") for message in messages)
+        finally:
+            with self._changed:
+                self._handling -= 1
+                self._changed.notify_all()
+
+    def _release(self, sqs: Any, feed: FeedSource, messages: list[dict[str, Any]]) -> None:
+        """Visible again at once (one call each: the reader is granted sqs:ChangeMessageVisibility, XSIAM's set)."""
         for message in messages:
-            try:
+            sqs.change_message_visibility(QueueUrl=feed.queue_url, ReceiptHandle=message["ReceiptHandle"],
+                                          VisibilityTimeout=0)
+
+    def _take(self, sqs: Any, feed: FeedSource, message: dict[str, Any], ingest: bool) -> bool:
+        """Ingest the message's objects (unless dropping) and delete it; False when it failed and stays queued."""
+        try:
+            if ingest:
                 self._handle(feed, message["Body"])
-            except Exception as error:
-                code = error.response.get("Error", {}).get("Code", "") if isinstance(error, ClientError) else ""
-                kind = "auth" if code in AUTH_ERRORS else "processing"
-                self.store.add_failure(f"collector:{feed.name}", kind,
-                                       f"message {message['MessageId']}: {type(error).__name__}: {error}",
-                                       key_id=self._client("sqs")[1])
-                continue
-            sqs.delete_message(QueueUrl=feed.queue_url, ReceiptHandle=message["ReceiptHandle"])
-            handled += 1
-        return handled
+        except Exception as error:
+            code = error.response.get("Error", {}).get("Code", "") if isinstance(error, ClientError) else ""
+            kind = "auth" if code in AUTH_ERRORS else "processing"
+            self.store.add_failure(f"collector:{feed.name}", kind,
+                                   f"message {message['MessageId']}: {type(error).__name__}: {error}",
+                                   key_id=self._client("sqs")[1])
+            return False
+        sqs.delete_message(QueueUrl=feed.queue_url, ReceiptHandle=message["ReceiptHandle"])
+        return True
 
     def _handle(self, feed: FeedSource, body: str) -> None:
         notification = json.loads(body)
@@ -219,5 +258,10 @@ class Collector:
 
 
 def split_records(log_type: str, text: str) -> list[str]:
-    """One raw record per event, as XSIAM splits each log type (the formats are socfeeds.formats', shared)."""
+    """One raw record per event, as XSIAM splits each log type (the formats are socfeeds.formats', shared).
+
+    A flow log is text: its `_raw_log` is the record's line as written (XSIAM parses the fields beside it), so a
+    search for a line's text finds it. JSON formats keep each record as JSON."""
+    if log_type == "Flow Logs":
+        return [" ".join(record.values()) for record in read_records(log_type, text)]
     return [json.dumps(record) for record in read_records(log_type, text)]

@@ -4,8 +4,12 @@
 
 Secrets come from the environment, as a tenant's would: XSIAM_FIREHOSE_TOKEN, XSIAM_API_KEY,
 XSIAM_API_KEY_ID, and (without a `secret_id` in the config) XSIAM_READER_ACCESS_KEY_ID /
-XSIAM_READER_SECRET_ACCESS_KEY. Binds 127.0.0.1 on a free port and prints {"port": N} when ready.
-SIGHUP (or POST /standin/reload) reloads the reader's credentials.
+XSIAM_READER_SECRET_ACCESS_KEY. Binds 127.0.0.1 on a free port and prints {"port": N} when ready;
+SIGTERM stops it. SIGHUP (or POST /standin/reload) reloads the reader's credentials.
+
+HTTP is FastAPI (Starlette) on uvicorn, its access log off: requests carry keys in headers.
+Test controls: POST /standin/collector?mode=running|paused|dropping, POST /standin/xql?execution_seconds=N;
+reads: GET /standin/events[?dataset=], /standin/count?dataset=&contains=, /standin/failures.
 """
 
 from __future__ import annotations
@@ -14,19 +18,25 @@ import argparse
 import json
 import os
 import signal
+import socket
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from deployments.xsiam import firehose
-from deployments.xsiam.collector import Collector, FeedSource, ReaderIdentity
+from deployments.xsiam.collector import MODES, Collector, FeedSource, ReaderIdentity
 from deployments.xsiam.store import Store, now_ms
 from deployments.xsiam.xql import XqlApi
 
 FIREHOSE_PATH = "/logs/v1/aws"
 XQL_PREFIX = "/public_api/v1/xql/"
+GRACEFUL_SHUTDOWN_SECONDS = 5
 
 
 class StandIn:
@@ -36,88 +46,100 @@ class StandIn:
         self.store, self.firehose_token, self.xql, self.collectors = store, firehose_token, xql, collectors
 
 
-def make_handler(app: StandIn) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+async def read_capped(request: Request, limit: int) -> bytes | None:
+    """The body, or None when it exceeds `limit` (then read to its end and dropped, so the client reads the 413
+    instead of a broken pipe)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+    return b"".join(chunks) if size <= limit else None
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # requests carry access keys in headers: never log them
 
-        def _send(self, status: int, body: Any, close: bool = False) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            if close:
-                self.send_header("Connection", "close")
-                self.close_connection = True
-            self.end_headers()
-            self.wfile.write(data)
+def headers_of(request: Request) -> dict[str, str]:
+    """Header names lower-cased, as the Firehose and XQL handlers take them."""
+    return {name.lower(): value for name, value in request.headers.items()}
 
-        def _headers(self) -> dict[str, str]:
-            """Header names are case-insensitive: lower-case them once."""
-            return {name.lower(): value for name, value in self.headers.items()}
 
-        def _body(self) -> bytes | None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length <= firehose.MAX_BODY_BYTES:
-                return self.rfile.read(length)
-            while length > 0:  # drain, so the client reads our 413 instead of a broken pipe
-                length -= len(self.rfile.read(min(length, 1 << 20)) or b"\0" * length)
-            return None
+def create_app(standin: StandIn) -> FastAPI:
+    app = FastAPI(title="XSIAM stand-in", openapi_url=None, docs_url=None, redoc_url=None)
 
-        def do_POST(self) -> None:
-            path = urlparse(self.path).path
-            body = self._body()
-            if body is None:
-                self._send(413, {"requestId": self.headers.get("X-Amz-Firehose-Request-Id", ""),
-                                 "timestamp": now_ms(), "errorMessage": "request body too large"}, close=True)
-                return
-            if path == FIREHOSE_PATH:
-                answer = firehose.handle(self._headers(), body, app.firehose_token, app.store)
-                self._send(answer.status, answer.body)
-            elif path.startswith(XQL_PREFIX):
-                self._xql(path.removeprefix(XQL_PREFIX), body)
-            elif path == "/standin/reload" and app.collectors:
-                stage = parse_qs(urlparse(self.path).query).get("stage", ["AWSCURRENT"])[0]
-                for collector in app.collectors:
-                    collector.reload(stage)
-                self._send(200, {"key_id": ",".join(c.key_id for c in app.collectors),
-                                 "key_ids": {c.account: c.key_id for c in app.collectors}})
-            else:
-                self._send(404, {"error": f"no route {path}"})
+    @app.exception_handler(HTTPException)
+    async def no_route(request: Request, error: HTTPException) -> JSONResponse:
+        """Unknown paths and methods answer 404 naming the path, as the stand-in always has."""
+        if error.status_code in (404, 405):
+            return JSONResponse({"error": f"no route {request.url.path}"}, status_code=404)
+        return JSONResponse({"error": str(error.detail)}, status_code=error.status_code)
 
-        def _xql(self, call: str, body: bytes) -> None:
-            if not app.xql.authorized(self._headers()):
-                self._send(401, {"reply": {"err_code": 401, "err_msg": "Public API request unauthorized"}})
-                return
-            try:
-                document = json.loads(body or b"{}")
-            except ValueError:
-                self._send(400, {"reply": {"err_code": 400, "err_msg": "body is not JSON"}})
-                return
-            handlers = {"start_xql_query": app.xql.start, "get_query_results": app.xql.results}
-            if call not in handlers:
-                self._send(404, {"reply": {"err_code": 404, "err_msg": f"unknown XQL call {call}"}})
-                return
-            self._send(*handlers[call](document))
+    @app.post(FIREHOSE_PATH)
+    async def firehose_delivery(request: Request) -> Response:
+        body = await read_capped(request, firehose.MAX_BODY_BYTES)
+        if body is None:
+            return JSONResponse({"requestId": request.headers.get("x-amz-firehose-request-id", ""),
+                                 "timestamp": now_ms(), "errorMessage": "request body too large"},
+                                status_code=413, headers={"Connection": "close"})
+        answer = await run_in_threadpool(firehose.handle, headers_of(request), body, standin.firehose_token,
+                                         standin.store)
+        return JSONResponse(answer.body, status_code=answer.status)
 
-        def do_GET(self) -> None:
-            url = urlparse(self.path)
-            if url.path == "/health":
-                self._send(200, {"status": "ok"})
-            elif url.path == "/standin/events":
-                dataset = parse_qs(url.query).get("dataset", [None])[0]
-                self._send(200, app.store.events(dataset))
-            elif url.path == "/standin/count":
-                query = parse_qs(url.query)
-                self._send(200, {"count": app.store.count(query["dataset"][0], query.get("contains", [""])[0])})
-            elif url.path == "/standin/failures":
-                self._send(200, app.store.failures())
-            else:
-                self._send(404, {"error": f"no route {url.path}"})
+    @app.post(XQL_PREFIX + "{call}")
+    async def xql(call: str, request: Request) -> Response:
+        if not standin.xql.authorized(headers_of(request)):
+            return JSONResponse({"reply": {"err_code": 401, "err_msg": "Public API request unauthorized"}}, 401)
+        try:
+            document = json.loads(await request.body() or b"{}")
+        except ValueError:
+            return JSONResponse({"reply": {"err_code": 400, "err_msg": "body is not JSON"}}, 400)
+        handlers = {"start_xql_query": standin.xql.start, "get_query_results": standin.xql.results}
+        if call not in handlers:
+            return JSONResponse({"reply": {"err_code": 404, "err_msg": f"unknown XQL call {call}"}}, 404)
+        status, reply = await run_in_threadpool(handlers[call], document)
+        return JSONResponse(reply, status)
 
-    return Handler
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/standin/events")
+    def events(dataset: str | None = None) -> list[dict[str, Any]]:
+        return standin.store.events(dataset)
+
+    @app.get("/standin/count")
+    def count(dataset: str, contains: str = "") -> dict[str, int]:
+        return {"count": standin.store.count(dataset, contains)}
+
+    @app.get("/standin/failures")
+    def failures() -> list[dict[str, Any]]:
+        return standin.store.failures()
+
+    @app.post("/standin/xql")
+    def query_execution(execution_seconds: float) -> dict[str, float]:
+        """How long each XQL query runs before it completes (tests of deadlines and the 4-query limit)."""
+        standin.xql.execution_seconds = max(0.0, execution_seconds)
+        return {"execution_seconds": standin.xql.execution_seconds}
+
+    if not standin.collectors:
+        return app
+
+    @app.post("/standin/reload")
+    def reload(stage: str = "AWSCURRENT") -> dict[str, Any]:
+        for collector in standin.collectors:
+            collector.reload(stage)
+        return {"key_id": ",".join(c.key_id for c in standin.collectors),
+                "key_ids": {c.account: c.key_id for c in standin.collectors}}
+
+    @app.post("/standin/collector")
+    def collector_mode(mode: str) -> Response:
+        """running (collect), paused (leave messages queued) or dropping (delete them unread: silent loss)."""
+        if mode not in MODES:
+            return JSONResponse({"error": f"mode must be one of {', '.join(MODES)}, not {mode!r}"}, 400)
+        for collector in standin.collectors:
+            collector.set_mode(mode)
+        return JSONResponse({"mode": mode})
+
+    return app
 
 
 def load_collectors(config_path: Path | None, store: Store) -> list[Collector]:
@@ -152,6 +174,19 @@ def reload_all(collectors: list[Collector]) -> None:
         collector.reload()
 
 
+def listening_socket(port: int) -> socket.socket:
+    """Bound and listening before uvicorn starts, so the port is printed only once connections queue on it.
+
+    Made with proto IPPROTO_TCP so asyncio sets TCP_NODELAY on each connection (it checks the proto): without it
+    a keep-alive client waits out a 40 ms delayed ACK on every response (Nagle)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--state-dir", type=Path, required=True)
@@ -161,18 +196,19 @@ def main() -> None:
     store = Store(args.state_dir)
     xql = XqlApi(store, os.environ["XSIAM_API_KEY"], os.environ["XSIAM_API_KEY_ID"])
     collectors = load_collectors(args.config, store)
-    app = StandIn(store, os.environ["XSIAM_FIREHOSE_TOKEN"], xql, collectors)
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(app))
-    server.daemon_threads = True
+    app = create_app(StandIn(store, os.environ["XSIAM_FIREHOSE_TOKEN"], xql, collectors))
+    server = uvicorn.Server(uvicorn.Config(app, access_log=False, log_level="warning", lifespan="off",
+                                           timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS))
+    sock = listening_socket(args.port)
     for collector in collectors:
         collector.start()
     if collectors:
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=reload_all, args=(collectors,),
                                                                   daemon=True).start())
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
-    print(json.dumps({"port": server.server_address[1]}), flush=True)
-    server.serve_forever()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # before uvicorn takes them over, and re-raised to these after
+        signal.signal(signum, lambda *_: setattr(server, "should_exit", True))
+    print(json.dumps({"port": sock.getsockname()[1]}), flush=True)
+    server.run(sockets=[sock])
     for collector in collectors:
         collector.stop()
     store.close()

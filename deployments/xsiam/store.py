@@ -6,10 +6,10 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -32,6 +32,19 @@ CREATE TABLE IF NOT EXISTS failures (
     detail TEXT NOT NULL
 );
 """
+
+
+TIME = "coalesce(event_time_ms, insert_time_ms)"  # XSIAM's _time: the event's own time, else when it arrived
+
+
+def _matching(dataset: str, needles: Sequence[str], from_ms: int, to_ms: int) -> tuple[str, tuple[Any, ...]]:
+    """The WHERE clause for a dataset, a timeframe and `contains` needles joined by `or` (SQLite's LIKE is
+    case-insensitive for ASCII, as XQL's comparisons are by default)."""
+    where = f"dataset = ? AND {TIME} BETWEEN ? AND ?"
+    if needles:
+        where += " AND (" + " OR ".join(["raw LIKE ? ESCAPE '!'"] * len(needles)) + ")"
+    patterns = ("%" + n.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%" for n in needles)
+    return where, (dataset, from_ms, to_ms, *patterns)
 
 
 def now_ms() -> int:
@@ -86,14 +99,26 @@ class Store:
             self._db.execute("INSERT INTO failures (at_ms, component, kind, key_id, detail) VALUES (?, ?, ?, ?, ?)",
                              (now_ms(), component, kind, key_id, detail))
 
-    def search(self, dataset: str, needle: str, from_ms: int, to_ms: int, limit: int) -> list[dict[str, Any]]:
+    def search(self, dataset: str, needles: Sequence[str], from_ms: int, to_ms: int,
+               limit: int) -> list[dict[str, Any]]:
+        """Events whose raw text contains any needle, case-insensitively as XQL's `contains` (no needles: every
+        event), with `_time` (the event's time, else its insertion time) in [from_ms, to_ms]."""
+        where, args = _matching(dataset, needles, from_ms, to_ms)
         with self._lock:
-            rows = self._db.execute(
-                "SELECT dataset, source, origin, event_time_ms, insert_time_ms, raw FROM events "
-                "WHERE dataset = ? AND instr(raw, ?) > 0 AND insert_time_ms BETWEEN ? AND ? "
-                "ORDER BY id LIMIT ?", (dataset, needle, from_ms, to_ms, limit)).fetchall()
+            sql = f"SELECT dataset, source, origin, {TIME}, insert_time_ms, raw FROM events WHERE {where}"  # noqa: S608
+            rows = self._db.execute(sql + " ORDER BY id LIMIT ?", (*args, limit)).fetchall()
         return [{"dataset": r[0], "_source": r[1], "_origin": r[2], "_time": r[3], "_insert_time": r[4],
                  "_raw_log": r[5]} for r in rows]
+
+    def aggregate(self, dataset: str, needles: Sequence[str], from_ms: int, to_ms: int,
+                  function: Literal["count", "max_time"]) -> int | None:
+        """count() of the matching events, or max(_time) (None when none match). The SQL text is built from constants
+        only (values are placeholders), hence the S608 waivers."""
+        where, args = _matching(dataset, needles, from_ms, to_ms)
+        value = "count(*)" if function == "count" else f"max({TIME})"
+        with self._lock:
+            row = self._db.execute(f"SELECT {value} FROM events WHERE {where}", args).fetchone()  # noqa: S608
+        return None if row[0] is None else int(row[0])
 
     def events(self, dataset: str | None = None) -> list[dict[str, Any]]:
         query = "SELECT dataset, source, origin, event_time_ms, raw FROM events"

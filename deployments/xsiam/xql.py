@@ -1,10 +1,18 @@
-"""The subset of XSIAM's XQL public API the canary uses: start a query, then poll its results.
+"""The subset of XSIAM's XQL public API the canary and the audit use: start a query, then poll its results.
 
-Accepted shape, and only this one:
-    dataset = <dataset> | filter _raw_log contains "<marker>"
-over `timeframe: {from, to}` in ms. Anything else FAILs with a message saying what is accepted.
-The first poll answers PENDING, the next SUCCESS with the matching rows, as the real API can.
-At most 4 queries run at once per tenant, as the real API allows.
+Accepted shape, and only this one (each part valid XQL: the `dataset`, `filter`, `fields` and `comp`
+stages, the `contains` and `or` operators, the `count` and `max` aggregates):
+    dataset = <dataset>
+      [| filter _raw_log contains "<text>" [or _raw_log contains "<text>" ...]]
+      [| fields _raw_log]
+      [| comp count() as <name> | comp max(_time) as <name>]
+over `timeframe: {from, to}` in ms, matched against `_time` (the event's time, else its arrival).
+`contains` is case-insensitive, XQL's default; texts holding `"`, `\\` or `*` (a wildcard in XQL) are
+refused. Anything else FAILs with a message saying what is accepted.
+
+As in XSIAM, a query runs on the server on its own: it is PENDING for `execution_seconds`, then
+SUCCESS, whether or not anyone polls it, and holds one of the tenant's 4 query slots only while it
+runs. Results are capped at 1,000 rows (get_query_results' maximum).
 """
 
 from __future__ import annotations
@@ -12,27 +20,59 @@ from __future__ import annotations
 import hmac
 import re
 import threading
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from deployments.xsiam.store import Store
 
-QUERY_RE = re.compile(r'^\s*dataset\s*=\s*([a-z0-9_]+)\s*\|\s*filter\s+_raw_log\s+contains\s+"([^"\\]{1,200})"\s*$')
-ACCEPTED = 'dataset = <name> | filter _raw_log contains "<text>"'
+TEXT = r'"([^"\\*\r\n]{1,1000})"'
+CONTAINS = rf"_raw_log\s+contains\s+{TEXT}"
+QUERY_RE = re.compile(
+    r"^\s*dataset\s*=\s*(?P<dataset>[a-z0-9_]+)"
+    rf"(?:\s*\|\s*filter\s+(?P<filter>{CONTAINS}(?:\s+or\s+{CONTAINS})*))?"
+    r"(?P<fields>\s*\|\s*fields\s+_raw_log)?"
+    r"(?:\s*\|\s*comp\s+(?:(?P<count>count\(\s*\))|(?P<max>max\(\s*_time\s*\)))\s+as\s+(?P<alias>[a-z_][a-z0-9_]*))?"
+    r"\s*$", re.IGNORECASE)
+NEEDLE_RE = re.compile(rf"contains\s+{TEXT}", re.IGNORECASE)
+ACCEPTED = ('dataset = <name> [| filter _raw_log contains "<text>" [or _raw_log contains "<text>" ...]] '
+            '[| fields _raw_log] [| comp count() as <name> | comp max(_time) as <name>], texts without ", \\ or *')
 MAX_RUNNING = 4
+MAX_RESULTS = 1000
+EXECUTION_SECONDS = 0.1
+KEEP_SECONDS = 3600.0  # finished queries' results stay fetchable this long
 
 
 @dataclass
 class Query:
     dataset: str = ""
-    needle: str = ""
+    needles: tuple[str, ...] = ()
+    only_raw_log: bool = False
+    aggregate: Literal["count", "max_time"] | None = None
+    alias: str = ""
     from_ms: int = 0
     to_ms: int = 0
     error: str = ""
-    polls: int = 0
-    done: bool = False
+    runs_until: float = 0.0  # monotonic time the query completes at
+    rows: list[dict[str, Any]] | None = None  # computed once, at the first fetch after completion
+
+    def running(self, now: float) -> bool:
+        return not self.error and now < self.runs_until
+
+
+def parse(text: str, timeframe: Mapping[str, Any]) -> Query:
+    """The query as the stand-in runs it; `error` says what is wrong and what is accepted."""
+    match = QUERY_RE.match(text)
+    if not match:
+        return Query(error=f"unsupported query {text!r}; this stand-in accepts only: {ACCEPTED}")
+    if not isinstance(timeframe.get("from"), int) or not isinstance(timeframe.get("to"), int):
+        return Query(error="timeframe needs integer 'from' and 'to' in epoch milliseconds")
+    aggregate: Literal["count", "max_time"] | None = "count" if match["count"] else "max_time" if match["max"] else None
+    return Query(dataset=match["dataset"], needles=tuple(NEEDLE_RE.findall(match["filter"] or "")),
+                 only_raw_log=bool(match["fields"]), aggregate=aggregate, alias=match["alias"] or "",
+                 from_ms=timeframe["from"], to_ms=timeframe["to"])
 
 
 @dataclass
@@ -40,6 +80,7 @@ class XqlApi:
     store: Store
     api_key: str
     api_key_id: str
+    execution_seconds: float = EXECUTION_SECONDS
     queries: dict[str, Query] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -53,21 +94,15 @@ class XqlApi:
 
     def start(self, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
         data = body.get("request_data", {})
-        query = Query()
-        match = QUERY_RE.match(str(data.get("query", "")))
-        timeframe = data.get("timeframe", {})
-        if not match:
-            query.error = f"unsupported query {data.get('query')!r}; this stand-in accepts only: {ACCEPTED}"
-        elif not isinstance(timeframe.get("from"), int) or not isinstance(timeframe.get("to"), int):
-            query.error = "timeframe needs integer 'from' and 'to' in epoch milliseconds"
-        else:
-            query.dataset, query.needle = match.group(1), match.group(2)
-            query.from_ms, query.to_ms = timeframe["from"], timeframe["to"]
+        query = parse(str(data.get("query", "")), data.get("timeframe") or {})
+        now = time.monotonic()
         with self.lock:
-            running = sum(not q.done and not q.error for q in self.queries.values())
+            self.queries = {i: q for i, q in self.queries.items() if q.runs_until > now - KEEP_SECONDS}
+            running = sum(q.running(now) for q in self.queries.values())
             if running >= MAX_RUNNING and not query.error:
-                return 500, {"reply": {"err_code": 500, "err_msg": "reached the maximum of 4 parallel running "
-                                       "queries; fetch results of running queries first"}}
+                return 500, {"reply": {"err_code": 500, "err_msg": f"reached the maximum of {MAX_RUNNING} parallel "
+                                       "running queries; start again when one of them has finished"}}
+            query.runs_until = now if query.error else now + self.execution_seconds
             query_id = uuid.uuid4().hex
             self.queries[query_id] = query
         return 200, {"reply": query_id}
@@ -76,17 +111,21 @@ class XqlApi:
         data = body.get("request_data", {})
         with self.lock:
             query = self.queries.get(str(data.get("query_id")))
-            if query is None:
-                return 404, {"reply": {"err_code": 404, "err_msg": f"unknown query_id {data.get('query_id')!r}"}}
-            query.polls += 1
-            first_poll = query.polls == 1
+        if query is None:
+            return 404, {"reply": {"err_code": 404, "err_msg": f"unknown query_id {data.get('query_id')!r}"}}
         if query.error:
-            query.done = True
             return 200, {"reply": {"status": "FAIL", "error": query.error, "number_of_results": 0}}
-        if first_poll:
+        if query.running(time.monotonic()):
             return 200, {"reply": {"status": "PENDING", "number_of_results": 0}}
-        rows = self.store.search(query.dataset, query.needle, query.from_ms, query.to_ms,
-                                 limit=int(data.get("limit", 100)))
-        query.done = True
-        return 200, {"reply": {"status": "SUCCESS", "number_of_results": len(rows),
-                               "results": {"data": rows}}}
+        if query.rows is None:
+            query.rows = self._rows(query)
+        limit = min(max(int(data.get("limit", 100)), 1), MAX_RESULTS)
+        rows = query.rows[:limit]
+        return 200, {"reply": {"status": "SUCCESS", "number_of_results": len(rows), "results": {"data": rows}}}
+
+    def _rows(self, query: Query) -> list[dict[str, Any]]:
+        if query.aggregate:
+            value = self.store.aggregate(query.dataset, query.needles, query.from_ms, query.to_ms, query.aggregate)
+            return [{query.alias: value}]
+        rows = self.store.search(query.dataset, query.needles, query.from_ms, query.to_ms, limit=MAX_RESULTS)
+        return [{"_raw_log": row["_raw_log"]} for row in rows] if query.only_raw_log else rows
