@@ -460,7 +460,8 @@ def test_the_collector_pauses_and_drops_on_request(stack: Stack, reading: tuple[
 def test_canary_deadlines_under_xsiam_query_limits_and_firehose_retries(stack: Stack, collecting: LocalXsiam) -> None:
     """A feed failing by its deadline leaves no query behind: with queries 2.5 s long its deadline (5 s) falls while
     its second query runs (started >= 2.7 s after the write, after a 0.2 s pause), and the next run, at once,
-    takes all 4 of XSIAM's query slots for 5 feeds and must find every marker. Then the EKS canary's wait follows the stream it is subscribed to (sharing the provisioning)."""
+    takes all 4 of XSIAM's query slots for 5 feeds and must find every marker. Then the EKS canary's wait follows
+    the stream it is subscribed to (sharing the provisioning)."""
     feeds = ["cloudtrail", "vpc-flow-logs", "route53-resolver", "application-logs", "modsecurity"]
     stack.update(s3_feeds={name: {**feed, "canary_deadline_seconds": 5} for name, feed in
                            stack.values["s3_feeds"].items()})
