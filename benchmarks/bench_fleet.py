@@ -4,13 +4,15 @@ The local fleet (deployments/local/fleet.py) with N accounts (default 50) and a 
 and the EKS feed), provisioned first. Then every AWS request waits 50 ms in the emulator (LocalAws.slow_down,
 server side, so it applies to the workers' child processes too) and the same checks run twice:
 - baseline: this process runs `verify_feeds(accounts=[one])` for each account in turn (each a flow run here);
-- fan-out: `prefect deployment run verify-feeds/daily` (one parent, one child run per account on two process
-  workers, `fleet.max_concurrent_accounts` at once).
+- fan-out: `prefect deployment run verify-feeds/daily` (one parent; child runs of `fleet.accounts_per_run`
+  accounts each, worked on concurrently in threads, on two process workers; `fleet.max_concurrent_accounts`
+  accounts at once).
 Prints fan-out/baseline (target <= 0.25), each worker's peak memory (the worker and its flow-run processes,
-summed, sampled every 0.25 s), and the fixed cost of a child run (its median duration minus the median
-in-process account's).
+summed, sampled every 0.25 s), the fixed cost of a child run: its time from created to finished not spent
+on its accounts (process start, imports, run bookkeeping, the exit), the whole stack's CPU seconds per account in
+each phase (how many of the cores the fan-out kept busy), and the pool-wide API limit's cost per call.
 
-    .venv/bin/python benchmarks/bench_fleet.py [--accounts 50] [--concurrency 16]
+    .venv/bin/python benchmarks/bench_fleet.py [--accounts 50] [--concurrency 16 50] [--per-run N]
 """
 
 from __future__ import annotations
@@ -22,19 +24,25 @@ import statistics
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from uuid import UUID
 
+from deployments.local.fleet import FLEET_EXTERNAL_ID
 from deployments.local.processes import ManagedProcess
 from deployments.local.stack import LocalStack, prefect_api, run_deployment
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
 
 LATENCY_MS = 50
 FEEDS = ("cloudtrail", "vpc-flow-logs", "route53-resolver", "application-logs")  # and eks-control-plane
 
 
-def limit_concurrency(stack: LocalStack, concurrency: int) -> None:
+def limit_concurrency(stack: LocalStack, concurrency: int, per_run: int | None) -> None:
     values = json.loads(stack.settings_file.read_text())
-    values["fleet"]["max_concurrent_accounts"] = concurrency
+    values["fleet"].update(max_concurrent_accounts=concurrency, accounts_per_run=per_run)
     stack.settings_file.write_text(json.dumps(values))
 
 
@@ -80,6 +88,21 @@ def _descendants(pid: int, parents: dict[int, int]) -> set[int]:
     return children.union(*(_descendants(child, parents) for child in children)) if children else set()
 
 
+def stack_cpu_seconds() -> float:
+    """CPU seconds used so far by this process and everything it started (Prefect server, moto, stand-in,
+    workers and their flow runs): live descendants from /proc, exited ones through their parents' counts."""
+    mine = os.times()
+    total = mine.user + mine.system + mine.children_user + mine.children_system
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in _descendants(os.getpid(), _parents()):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(value) for value in fields[11:15]) / ticks  # utime, stime, cutime, cstime
+    return total
+
+
 def _rss_kib(pid: int) -> int:
     try:
         line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmRSS:"))
@@ -88,24 +111,102 @@ def _rss_kib(pid: int) -> int:
     return int(line.split()[1])
 
 
-def child_durations(api_url: str, parent_id: str) -> list[float]:
+@dataclass(frozen=True)
+class ChildRun:
+    accounts: int
+    seconds: float  # created to finished
+    fixed: float  # of which not spent on its accounts: created to the first account's start, last account's end to end
+
+
+def child_runs(api_url: str, parent_id: str) -> list[ChildRun]:
+    """The parent's child runs, each with its accounts' subflows (a one-account child is its own account)."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
+    def under(run_id: UUID) -> list[FlowRun]:
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])), limit=200)
+
+    found = []
     with prefect_api(api_url) as client:
-        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
-            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[UUID(parent_id)])), limit=200)
-    return [(c.end_time - c.created).total_seconds() for c in children if c.end_time and c.created]
+        for child in under(UUID(parent_id)):
+            accounts = under(child.id) or [child]
+            starts = [a.start_time for a in accounts if a.start_time]
+            ends = [a.end_time for a in accounts if a.end_time]
+            if not (child.end_time and child.created and starts and ends):
+                continue
+            worked = (max(ends) - min(starts)).total_seconds() if accounts[0] is not child else (
+                child.end_time - min(starts)).total_seconds()
+            total = (child.end_time - child.created).total_seconds()
+            found.append(ChildRun(len(accounts), total, total - worked))
+    return found
+
+
+def limiter_overhead(stack: LocalStack, calls: int = 300) -> tuple[float, float, int]:
+    """Seconds per STS call in one fleet account without and with the pool's rate limit (at a rate that never makes
+    a call wait: the cost is the hook and the leases), and the Prefect round trips (leases) the limited calls took."""
+    import boto3
+
+    from socfeeds.aws import AwsClients, PoolRateLimits, api_limit_name
+
+    assert stack.fleet is not None and stack.aws.admin is not None
+    account = stack.fleet.accounts[-1]
+    rate = 1000.0
+    with prefect_api(stack.env()["PREFECT_API_URL"]) as client:
+        client.upsert_global_concurrency_limit_by_name(api_limit_name(account.account_id, "sts"), int(rate), rate)
+    tooling = AwsClients(boto3.session.Session(aws_access_key_id=stack.aws.admin.access_key_id,
+                                               aws_secret_access_key=stack.aws.admin.secret_access_key),
+                         "eu-west-2", stack.aws.endpoint_url)
+    limits = PoolRateLimits({"sts": rate})
+    seconds = []
+    for paced in (None, limits):
+        aws = tooling.assume(account.role_arn, "eu-west-2", FLEET_EXTERNAL_ID, "socfeeds-bench", 900, paced)
+        aws.sts.get_caller_identity()  # the assumed credentials, fetched once
+        started = time.monotonic()
+        for _ in range(calls):
+            aws.sts.get_caller_identity()
+        seconds.append((time.monotonic() - started) / calls)
+    return seconds[0], seconds[1], sum(limits.leases.values())
+
+
+@dataclass(frozen=True)
+class FanOut:
+    concurrency: int
+    seconds: float
+    exit_code: int
+    message: str  # the parent's state message when it did not complete
+    cpu_seconds: float  # of the whole stack, while it ran
+    children: list[ChildRun]
+    peak_kib: dict[str, int]
+
+
+def fan_out(stack: LocalStack, env: dict[str, str], workers: list[ManagedProcess], concurrency: int,
+            per_run: int | None) -> FanOut:
+    """One `verify-feeds/daily` run over every account, through the deployments on the two workers."""
+    limit_concurrency(stack, concurrency, per_run)
+    cpu = stack_cpu_seconds()
+    with PeakMemory(workers) as memory:
+        started = time.monotonic()
+        fanned = run_deployment("verify-feeds/daily", env, timeout_s=3600)
+        seconds = time.monotonic() - started
+    parent = next(line.split("UUID: ")[1].strip() for line in fanned.stdout.splitlines() if "UUID: " in line)
+    with prefect_api(env["PREFECT_API_URL"]) as client:
+        state = client.read_flow_run(UUID(parent)).state
+    message = str(state.message) if state and fanned.returncode else ""
+    return FanOut(concurrency, seconds, fanned.returncode, message, stack_cpu_seconds() - cpu,
+                  child_runs(env["PREFECT_API_URL"], parent), memory.peak)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--accounts", type=int, default=50)
-    parser.add_argument("--concurrency", type=int, default=16, help="fleet.max_concurrent_accounts")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 50],
+                        help="fleet.max_concurrent_accounts; one fan-out run for each value")
+    parser.add_argument("--per-run", type=int, default=None, help="fleet.accounts_per_run (default: sized from "
+                        "the account count and the concurrency)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as state, LocalStack(
             Path(state), fleet=args.accounts, s3_feeds=FEEDS, collect=False) as stack:  # verify needs no SIEM
         assert stack.prefect is not None
-        limit_concurrency(stack, args.concurrency)
         env = stack.env()
         stack.apply_env()
         stack.prefect.deploy(env)
@@ -115,6 +216,7 @@ def main() -> None:
             provision = run_deployment("provision-feeds/on-demand", env, timeout_s=3600)
             print(f"{args.accounts} accounts provisioned in {time.monotonic() - started:.0f} s "
                   f"(exit {provision.returncode})", flush=True)
+            plain, limited, leases = limiter_overhead(stack)
             stack.aws.slow_down("*", LATENCY_MS)
 
             from flows.verify import verify_feeds
@@ -123,33 +225,38 @@ def main() -> None:
 
             keys = [t.key for t in declared_targets(load_settings())]
             per_account = []
-            started = time.monotonic()
+            cpu, started = stack_cpu_seconds(), time.monotonic()
             for key in keys:
                 one = time.monotonic()
                 verify_feeds(accounts=[key], return_state=True)
                 per_account.append(time.monotonic() - one)
-            baseline = time.monotonic() - started
-
-            with PeakMemory(workers) as memory:
-                started = time.monotonic()
-                fanned = run_deployment("verify-feeds/daily", env, timeout_s=3600)
-                fan_out = time.monotonic() - started
-            parent = next(line.split("UUID: ")[1].strip() for line in fanned.stdout.splitlines() if "UUID: " in line)
-            children = child_durations(env["PREFECT_API_URL"], parent)
+            baseline, baseline_cpu = time.monotonic() - started, stack_cpu_seconds() - cpu
+            runs = [fan_out(stack, env, workers, concurrency, args.per_run) for concurrency in args.concurrency]
         finally:
             for worker in workers:
                 worker.stop()
     print(f"verify-feeds, {len(keys)} accounts x 5 feeds, {LATENCY_MS} ms per AWS call, {os.cpu_count()} cores:")
     print(f"  baseline, account by account in one process: {baseline:7.1f} s "
-          f"(median {statistics.median(per_account):.2f} s per account)")
-    print(f"  fan-out, one child per account on 2 workers (max {args.concurrency} at once): {fan_out:7.1f} s "
-          f"(exit {fanned.returncode})")
-    print(f"  ratio fan-out/baseline: {fan_out / baseline:.2f}  (target <= 0.25)")
-    if children:
-        print(f"  child run, created to finished: median {statistics.median(children):.1f} s; fixed cost per child "
-              f"~{statistics.median(children) - statistics.median(per_account):.1f} s over the in-process account")
-    for name, kib in memory.peak.items():
-        print(f"  peak memory, {name} and its flow-run processes: {kib / 1024:.0f} MiB")
+          f"(median {statistics.median(per_account):.2f} s per account); the stack's CPU {baseline_cpu:.0f} s, "
+          f"{baseline_cpu / len(keys):.1f} s per account")
+    for run in runs:
+        sizes = sorted({c.accounts for c in run.children})
+        print(f"  fan-out, {len(run.children)} child runs of {sizes} accounts on 2 workers (max {run.concurrency} "
+              f"accounts at once): {run.seconds:7.1f} s (exit {run.exit_code}); ratio fan-out/baseline: "
+              f"{run.seconds / baseline:.2f}  (target <= 0.25)")
+        if run.message:
+            print(f"    failed: {run.message[:1500]}")
+        print(f"    the stack's CPU {run.cpu_seconds:.0f} s, {run.cpu_seconds / len(keys):.1f} s per account; "
+              f"{run.cpu_seconds / run.seconds:.2f} of {os.cpu_count()} cores busy on average")
+        if run.children:
+            print(f"    child run, created to finished: median {statistics.median(c.seconds for c in run.children):.1f}"
+                  f" s, of which fixed (start, imports, bookkeeping, exit; not its accounts): median "
+                  f"{statistics.median(c.fixed for c in run.children):.1f} s")
+        for name, kib in run.peak_kib.items():
+            print(f"    peak memory, {name} and its flow-run processes: {kib / 1024:.0f} MiB")
+    print(f"  pool-wide API limit (fleet.api_calls_per_second), per STS call, no waiting: {plain * 1000:.2f} ms "
+          f"without, {limited * 1000:.2f} ms with ({(limited - plain) * 1000:+.2f} ms; {leases} Prefect round trips "
+          "for 300 calls)")
 
 
 if __name__ == "__main__":

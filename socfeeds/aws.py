@@ -7,8 +7,11 @@ shared by concurrent tasks; the session is only used here, under a lock.
 
 from __future__ import annotations
 
+import math
 import re
 import threading
+import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, cast
 
 import boto3
@@ -21,6 +24,7 @@ from socfeeds.settings import Settings
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudtrail import CloudTrailClient
+    from mypy_boto3_cloudwatch import CloudWatchClient
     from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_eks import EKSClient
     from mypy_boto3_firehose import FirehoseClient
@@ -68,14 +72,84 @@ def assumed_session(source: boto3.session.Session, role_arn: str, region: str, e
         return _assumed[key]
 
 
+def api_limit_name(account_id: str, service: str) -> str:
+    """The Prefect global rate limit that paces one account's calls to one AWS service across the work pool."""
+    return f"aws-{account_id}-{service}"
+
+
+LEASE_SECONDS = 1.0  # how long a process may keep leased slots unused
+
+
+def lease_size(calls_per_second: float) -> int:
+    """Slots a process takes from a limit at once: a quarter second's calls, so about four Prefect round trips a
+    second per busy account and service, whatever the AWS call rate."""
+    return max(1, math.ceil(calls_per_second / 4))
+
+
+class PoolRateLimits:
+    """Calls per second per account and AWS service across the whole work pool (IAM's and STS's per-account
+    throttles cannot be raised): before each call, a botocore hook takes a slot of the Prefect global rate limit
+    `aws-<account>-<service>` (its slots decay at the rate). Slots are leased a few at a time and kept in this
+    process for at most a second (a lease is a quarter second's calls: a process bursts by at most that), so most
+    calls wait on nothing and none on the Prefect API. A limit not created yet does not stop the call (each fleet
+    run creates them: flows._fleet.ensure_api_limits)."""
+
+    def __init__(self, calls_per_second: Mapping[str, float]) -> None:
+        self.calls_per_second = dict(calls_per_second)
+        self.leases: dict[str, int] = {}  # limit name -> Prefect round trips so far (tests, the benchmark)
+        self._held: dict[str, tuple[int, float]] = {}  # limit name -> (slots left, usable until, monotonic)
+        self._lock = threading.Lock()
+
+    def take(self, account_id: str, service: str) -> None:
+        """One slot for one call, waiting for the pool's limit when this process holds none."""
+        rate = self.calls_per_second.get(service)
+        if rate is None:
+            return
+        name, now = api_limit_name(account_id, service), time.monotonic()
+        with self._lock:
+            left, until = self._held.get(name, (0, 0.0))
+            if left > 0 and now < until:
+                self._held[name] = (left - 1, until)
+                return
+        from prefect.concurrency.sync import rate_limit  # only fleet runs with limits need Prefect here
+
+        size = lease_size(rate)
+        rate_limit(name, occupy=size)  # blocks until the pool's limit has `size` slots
+        with self._lock:
+            self.leases[name] = self.leases.get(name, 0) + 1
+            self._held[name] = (size - 1, time.monotonic() + LEASE_SECONDS)
+
+    def hook(self, account_id: str, service: str) -> Callable[..., None]:
+        """The botocore before-call handler of one account's client for `service`."""
+
+        def before_call(**_: Any) -> None:
+            self.take(account_id, service)
+
+        return before_call
+
+
+_pool_limits: dict[tuple[tuple[str, float], ...], PoolRateLimits] = {}
+
+
+def pool_limits(calls_per_second: Mapping[str, float]) -> PoolRateLimits | None:
+    """This process's limiter for these rates (one per process, shared by every thread and client); None: no rates."""
+    if not calls_per_second:
+        return None
+    key = tuple(sorted(calls_per_second.items()))
+    with _assumed_lock:
+        return _pool_limits.setdefault(key, PoolRateLimits(calls_per_second))
+
+
 class AwsClients:
-    """Lazily created, cached boto3 clients for one region and endpoint."""
+    """Lazily created, cached boto3 clients for one region and endpoint; with `limits`, each call of
+    `account_id` first takes a slot of the pool's rate limit for its service."""
 
     def __init__(self, session: boto3.session.Session, region: str, endpoint_url: str | None = None,
-                 max_pool_connections: int = 32) -> None:
+                 max_pool_connections: int = 32, limits: PoolRateLimits | None = None, account_id: str = "") -> None:
         self.session = session
         self.region = region
         self.endpoint_url = endpoint_url
+        self.limits, self.account_id = limits, account_id
         self._max_pool_connections = max_pool_connections
         self._config = Config(
             region_name=region,
@@ -99,17 +173,23 @@ class AwsClients:
         return cls(session or boto3.session.Session(), settings.region, settings.endpoint_url,
                    max_pool_connections=max(10, settings.max_concurrency * 2))
 
-    def assume(self, role_arn: str, region: str, external_id: str | None, name: str, duration_s: int) -> AwsClients:
-        """Clients acting as `role_arn` in `region` (a fleet target), from these clients' own credentials."""
+    def assume(self, role_arn: str, region: str, external_id: str | None, name: str, duration_s: int,
+               limits: PoolRateLimits | None = None) -> AwsClients:
+        """Clients acting as `role_arn` in `region` (a fleet target), from these clients' own credentials; with
+        `limits`, paced per service by the pool's limits of the role's account."""
         session = assumed_session(self.session, role_arn, region, self.endpoint_url, external_id, name, duration_s)
-        return AwsClients(session, region, self.endpoint_url, self._max_pool_connections)
+        return AwsClients(session, region, self.endpoint_url, self._max_pool_connections, limits,
+                          account_id=role_arn.split(":")[4])
 
     def client(self, service: str) -> Any:
         with self._lock:
             if service not in self._clients:
-                self._clients[service] = cast(Any, self.session).client(
+                client = cast(Any, self.session).client(
                     service, region_name=self.region, endpoint_url=self.endpoint_url, config=self._config
                 )
+                if self.limits is not None:  # this client's own emitter: only its calls
+                    client.meta.events.register("before-call", self.limits.hook(self.account_id, service))
+                self._clients[service] = client
             return self._clients[service]
 
     @property
@@ -149,6 +229,10 @@ class AwsClients:
         return cast("CloudWatchLogsClient", self.client("logs"))
 
     @property
+    def cloudwatch(self) -> CloudWatchClient:
+        return cast("CloudWatchClient", self.client("cloudwatch"))
+
+    @property
     def firehose(self) -> FirehoseClient:
         return cast("FirehoseClient", self.client("firehose"))
 
@@ -185,8 +269,6 @@ def absent_on(codes: set[str], call: Any, *args: Any, **kwargs: Any) -> Any:
 
 def until_accepted(call: Any, arguments: dict[str, Any], codes: set[str], deadline_s: float = 90) -> Any:
     """Retry a call AWS refuses only until a new IAM role propagates (seconds, in real AWS)."""
-    import time
-
     deadline, pause = time.monotonic() + deadline_s, 1.0
     while True:
         try:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 _ACCOUNT_RE = re.compile(r"^\d{12}$")
 _ROLE_NAME_RE = re.compile(r"^[\w+=,.@-]{1,64}$")
+_SERVICE_RE = re.compile(r"^[a-z][a-z0-9-]{1,40}$")
 _OU_RE = re.compile(r"^(ou-[0-9a-z]{4,32}-[a-z0-9]{8,32}|r-[0-9a-z]{4,32})$")
 
 
@@ -85,13 +86,33 @@ class FleetSettings(_Strict):
                                  "are reused until 5 minutes before they expire.")
     accounts: list[TargetAccount] = Field(default_factory=list)
     organization: OrganizationDiscovery = OrganizationDiscovery()
-    max_concurrent_accounts: int = Field(8, ge=1, le=64, description="Child runs at once across the work pool.")
+    max_concurrent_accounts: int = Field(8, ge=1, le=256, description="Accounts worked on at once across the work "
+                                         "pool: child runs at once x accounts_per_run.")
+    api_calls_per_second: dict[str, float] = Field(default_factory=dict, description="Calls per second to each "
+                                                   "AWS service (botocore's name: iam, sts, sqs, ...) per target "
+                                                   "account, across the whole work pool; each fleet run keeps a "
+                                                   "Prefect global rate limit aws-<account>-<service> at it. Unset: "
+                                                   "only each client's adaptive retries pace the calls.")
+    accounts_per_run: int | None = Field(None, ge=1, le=128, description="Accounts one child run works on, "
+                                         "concurrently in threads (the work waits on AWS), sharing the run's fixed "
+                                         "cost (a process or container start, ~4 s of CPU locally). Default: half "
+                                         "of max_concurrent_accounts (at most half the accounts), so two child runs "
+                                         "at once share the work across at least two workers.")
 
     @field_validator("role_name")
     @classmethod
     def _role(cls, value: str) -> str:
         if not _ROLE_NAME_RE.match(value):
             raise ValueError(f"{value!r} is not an IAM role name")
+        return value
+
+    @field_validator("api_calls_per_second")
+    @classmethod
+    def _rates(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = sorted(name for name, rate in value.items() if not _SERVICE_RE.match(name) or not 0 < rate <= 10_000)
+        if bad:
+            raise ValueError(f"{bad}: each key is an AWS service as botocore names it (iam, sts, sqs, ...), each value "
+                             "calls per second, more than 0 and at most 10000")
         return value
 
     @model_validator(mode="after")
@@ -109,3 +130,11 @@ class FleetSettings(_Strict):
 
     def role_arn(self, account_id: str) -> str:
         return f"arn:aws:iam::{account_id}:role{self.role_path}{self.role_name}"
+
+    def run_size(self, accounts: int) -> int:
+        """Accounts per child run for a fleet run over `accounts` accounts."""
+        return self.accounts_per_run or max(1, -(-min(accounts, self.max_concurrent_accounts) // 2))
+
+    def runs_at_once(self, run_size: int) -> int:
+        """Child runs at once, so that at most max_concurrent_accounts accounts are worked on at once."""
+        return max(1, self.max_concurrent_accounts // run_size)

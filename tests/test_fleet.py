@@ -8,9 +8,11 @@ flows run as the tooling identity and assume `socfeeds-target` in each account (
 from __future__ import annotations
 
 import json
+import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import pytest
@@ -20,8 +22,10 @@ from deployments.local.demo import latest_artifact
 from deployments.local.fleet import ARCHIVED_FEED, LocalFleet
 from deployments.local.processes import ManagedProcess
 from deployments.local.stack import LocalStack, prefect_api, run_deployment
+from socfeeds.aws import api_limit_name
 
 FEEDS = ("application-logs", "cloudtrail", ARCHIVED_FEED)  # and the EKS feed: each shape, not the whole catalog
+API_RATES = {"iam": 20, "sts": 20}  # fleet.api_calls_per_second: every fleet test goes through the pool's limits
 
 
 @dataclass
@@ -61,6 +65,22 @@ class Fleet:
         assert state is not None
         return str(state.message)
 
+    def acquired(self, limit_name: str) -> int:
+        """Slots taken from a pool-wide rate limit, by the concurrency-limit events of every run (the limit
+        exists: the parent made it from fleet.api_calls_per_second)."""
+        from prefect.events.filters import EventFilter, EventNameFilter
+
+        with prefect_api(self.env["PREFECT_API_URL"]) as client:
+            limit = client.read_global_concurrency_limit_by_name(limit_name)
+            assert (limit.limit, limit.slot_decay_per_second) == (API_RATES["iam"], API_RATES["iam"])
+            page = client.read_events(filter=EventFilter(event=EventNameFilter(
+                name=["prefect.concurrency-limit.acquired"])), limit=50)
+            events = list(page.events)
+            while page.next_page:
+                page = client.read_events_page(str(page.next_page))
+                events += page.events
+        return sum(1 for event in events if event.resource.get("prefect.resource.name") == limit_name)
+
     def workers_of(self, parent_id: str) -> set[str]:
         """The workers that ran the parent and its children (from the workers' submitted-flow-run events)."""
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
@@ -86,9 +106,13 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     with LocalStack(state, fleet=3, s3_feeds=FEEDS) as stack:
         assert stack.prefect is not None
         env = stack.env()
+        values = json.loads(stack.settings_file.read_text())
+        values["fleet"]["accounts_per_run"] = 3  # one child run works on all three accounts, in threads
+        values["fleet"]["api_calls_per_second"] = API_RATES
+        stack.settings_file.write_text(json.dumps(values))
         stack.prefect.deploy(env)
-        workers = [stack.prefect.start_worker(env, state / "logs", name=f"fleet-worker-{n}", limit=2)
-                   for n in (1, 2)]  # at most two runs each: a parent's three children cannot all share one worker
+        workers = [stack.prefect.start_worker(env, state / "logs", name=f"fleet-worker-{n}", limit=1)
+                   for n in (1, 2)]  # one run each: the parent holds one worker, so its children run on the other
         try:
             provision = run_deployment("provision-feeds/on-demand", env)
             matrix = latest_artifact("provision-feeds-fleet", env["PREFECT_API_URL"])
@@ -154,6 +178,7 @@ def test_a_broken_account_fails_only_its_cells_while_a_throttled_one_backs_off_a
         fleet.stack.aws.clear_faults()
     assert code == 1
     assert counts.get(f"{throttled}/iam") == 3 and counts.get(f"{throttled}/sqs") == 3, counts
+    assert fleet.acquired(api_limit_name(throttled, "iam")) > 0, "the child's IAM calls took the pool's slots"
     matrix = fleet.matrix("verify-feeds", run_id)
     failing = {(account, feed) for account, cells in matrix.items() for feed, cell in cells.items() if cell == "fail"}
     assert failing == {("workload-b", "cloudtrail")}, "one account's failure neither hides nor taints another's"
@@ -173,3 +198,59 @@ def test_one_account_runs_alone_in_the_parents_process(fleet: Fleet) -> None:
         children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[UUID(run_id)])))
     assert children == [], "one account needs no child run"
+
+
+def test_one_approval_covers_every_accounts_pending_key(fleet: Fleet) -> None:
+    """rotation.approval = combined: each account makes and tests its key, the parent alone pauses, its form listing
+    every account's pending key (never a secret); one answer and every account rotates."""
+    from prefect.flow_runs import resume_flow_run
+    from prefect.input import filter_flow_run_input
+    from test_xsiam_standin import eventually
+
+    from socfeeds.settings import Settings
+    from socfeeds.targets import declared_targets, target_settings
+
+    assert fleet.stack.xsiam is not None
+    xsiam, original = fleet.stack.xsiam, fleet.stack.settings_file.read_text()
+    values = json.loads(original)
+    values["rotation"].update(approval="combined", require_new_key_in_use=False)
+    fleet.stack.settings_file.write_text(json.dumps(values))
+    readers = {t.name: target_settings(Settings(**values), t).reader for t in declared_targets(Settings(**values))}
+    old_keys = {name: {k["AccessKeyId"] for k in fleet.accounts.client(name, "iam").list_access_keys(
+        UserName=reader.user_name)["AccessKeyMetadata"]} for name, reader in readers.items()}
+    answer: dict[str, Any] = {}
+    rotation = threading.Thread(target=lambda: answer.update(run=run_deployment(
+        "rotate-reader-keys/on-demand", fleet.env)), daemon=True)
+    rotation.start()
+    try:
+        with prefect_api(fleet.env["PREFECT_API_URL"]):
+            [paused] = eventually("the fleet run paused for its one approval", lambda: paused_runs(fleet), 180)
+            form = eventually("the approval form", lambda: [i.decoded_value for i in cast(list[Any], (
+                filter_flow_run_input(key_prefix="paused-approval-", limit=10, flow_run_id=paused.id)))
+                if i.key.endswith("-description")])
+            pending = {name: {k["AccessKeyId"] for k in fleet.accounts.client(name, "iam").list_access_keys(
+                UserName=reader.user_name)["AccessKeyMetadata"]} - old_keys[name] for name, reader in readers.items()}
+            assert all(len(keys) == 1 for keys in pending.values()), pending
+            for name, [key] in ((name, list(keys)) for name, keys in pending.items()):
+                assert re.search(rf"\| {name} \([^|]*\) \| {readers[name].user_name} \| {key} \|", form[0]), form[0]
+            xsiam.reload_all("AWSPENDING")  # the SOC pastes every pending key, then answers
+            resume_flow_run(paused.id, run_input={"approved": True, "approver": "soc-on-call", "reason": "CHG-14"})
+            rotation.join(timeout=300)
+        assert answer["run"].returncode == 0, fleet.message(str(paused.id))
+        assert paused_runs(fleet) == [], "no account asked on its own"
+        for name, [key] in ((name, list(keys)) for name, keys in pending.items()):
+            current = json.loads(fleet.accounts.client(name, "secretsmanager").get_secret_value(
+                SecretId=readers[name].secret_name)["SecretString"])["access_key_id"]
+            assert current == key, f"{name} rotated to the approved key"
+    finally:
+        fleet.stack.settings_file.write_text(original)
+        xsiam.reload_all()
+
+
+def paused_runs(fleet: Fleet) -> list[Any]:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    with prefect_api(fleet.env["PREFECT_API_URL"]) as client:
+        return list(client.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+            type=FlowRunFilterStateType(any_=[StateType.PAUSED])))))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import boto3
 import pytest
 from test_settings import BASE, feed, no_settings_env  # noqa: F401 (the fixture keeps the environment out)
 
+from deployments.local.stack import LocalAws
 from flows._fleet import ChildOutcome, Fleet, summary
 from socfeeds.aws import AwsClients
 from socfeeds.policies import source_write_statements
@@ -162,3 +164,84 @@ def test_an_uncovered_account_fails_the_run_when_so_declared() -> None:
     _, message = summary("verify-feeds", fleet, outcomes)
     assert message is not None and "1 Organization account(s) not covered: sandbox (444444444444) (add them" in message
     assert summary("verify-feeds", _fleet("warn"), outcomes)[1] is None
+
+
+@pytest.mark.parametrize(("accounts", "concurrency", "per_run", "size", "at_once"), [
+    (50, 16, None, 8, 2),  # by default two child runs share the work, each with its half of the concurrency
+    (3, 8, None, 2, 4),  # never more per run than half the accounts
+    (1, 8, None, 1, 8),
+    (50, 16, 25, 25, 1),  # declared: at most max_concurrent_accounts accounts at once, whole runs
+    (50, 4, 10, 10, 1)])
+def test_child_runs_share_their_start_between_several_accounts(accounts: int, concurrency: int, per_run: int | None,
+                                                               size: int, at_once: int) -> None:
+    fleet = fleet_settings([{"account_id": MEMBER}]).fleet
+    assert fleet is not None
+    sized = fleet.model_copy(update={"max_concurrent_accounts": concurrency, "accounts_per_run": per_run})
+    assert (sized.run_size(accounts), sized.runs_at_once(sized.run_size(accounts))) == (size, at_once)
+
+
+def test_api_rates_name_botocore_services_and_positive_rates() -> None:
+    fleet = fleet_settings([{"account_id": MEMBER}]).fleet
+    assert fleet is not None and fleet.api_calls_per_second == {}, "unset: no pool-wide limit"
+    paced = Settings(**{**BASE, "fleet": {"accounts": [{"account_id": MEMBER}], "api_calls_per_second": {
+        "iam": 10, "sts": 2.5}}})
+    assert paced.fleet is not None and paced.fleet.api_calls_per_second == {"iam": 10, "sts": 2.5}
+    with pytest.raises(ValueError, match=r"(?s)fleet\.api_calls_per_second.*\[.IAM., .sqs.\].*botocore"):
+        Settings(**{**BASE, "fleet": {"accounts": [{"account_id": MEMBER}], "api_calls_per_second": {
+            "IAM": 10, "sqs": 0}}})
+
+
+@pytest.mark.parametrize(("rate", "lease"), [(0.5, 1), (4, 1), (10, 3), (100, 25)])
+def test_a_process_leases_a_quarter_seconds_calls_at_a_time(rate: float, lease: int) -> None:
+    from socfeeds.aws import lease_size
+
+    assert lease_size(rate) == lease
+
+
+def test_a_low_api_limit_spreads_an_accounts_calls_over_the_pool_and_they_all_complete(
+        local_aws: LocalAws, prefect_server: None) -> None:
+    """The pool's limits through real Prefect and moto. STS at one call a second: its three calls, started with six
+    unlimited IAM calls, end after them all, each having waited for a slot, and all complete. IAM at 1000 a second:
+    six calls in one thread cost fewer Prefect round trips than calls (slots are leased several at a time)."""
+    import contextvars
+    import threading
+
+    from prefect.client.orchestration import get_client
+
+    from socfeeds.aws import PoolRateLimits, api_limit_name
+
+    account = "123456789012"
+    with get_client(sync_client=True) as prefect:
+        prefect.upsert_global_concurrency_limit_by_name(api_limit_name(account, "sts"), 1, slot_decay_per_second=1)
+        prefect.upsert_global_concurrency_limit_by_name(api_limit_name(account, "iam"), 1000, 1000)
+    assert local_aws.admin is not None
+    session = boto3.session.Session(aws_access_key_id=local_aws.admin.access_key_id,
+                                    aws_secret_access_key=local_aws.admin.secret_access_key)
+    paced = AwsClients(session, "eu-west-2", local_aws.endpoint_url, account_id=account,
+                       limits=PoolRateLimits({"sts": 1}))
+    free = AwsClients(session, "eu-west-2", local_aws.endpoint_url)
+    calls: dict[str, Callable[[], object]] = {"sts": lambda: paced.sts.get_caller_identity(),
+                                              "iam": lambda: free.iam.list_users(MaxItems=1)}
+    done: list[str] = []
+    lock = threading.Lock()
+
+    def repeat(service: str, times: int) -> None:
+        for _ in range(times):
+            calls[service]()
+            with lock:
+                done.append(service)
+
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(repeat, service, times))
+               for service, times in (("sts", 3), ("iam", 6))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert done.count("sts") == 3 and done.count("iam") == 6, f"every call completed: {done}"
+    assert done[-2:] == ["sts", "sts"], f"the second and third STS calls waited for slots: {done}"
+
+    leasing = PoolRateLimits({"iam": 1000})
+    leased = AwsClients(session, "eu-west-2", local_aws.endpoint_url, limits=leasing, account_id=account)
+    for _ in range(6):
+        leased.iam.list_users(MaxItems=1)
+    assert leasing.leases[api_limit_name(account, "iam")] < 6, "slots leased several at a time"

@@ -129,6 +129,25 @@ def test_satisfiable_policies_and_the_default_are_accepted() -> None:
     assert RotationPolicy(approvers=["alice", "bob"], required_approvals=2).required_approvals == 2
 
 
+def test_a_combined_approval_form_lists_every_accounts_pending_key_and_no_secret() -> None:
+    from test_settings import BASE
+
+    from flows.rotate import PendingKey, approval_form
+    from socfeeds.settings import Settings
+
+    settings = Settings(**{**BASE, "rotation": {"approvers": ["alice", "bob"], "required_approvals": 2,
+                                                 "approval": "combined"}})
+    assert settings.rotation.approval == "combined" and RotationPolicy().approval == "per_account"
+    pending = [PendingKey("payments (222222222222/eu-west-2)", "xsiam-reader", "AKIAPAYMENTS0000001", 0.02),
+               PendingKey("log-archive (111111111111/eu-west-2)", "xsiam-reader", "AKIAARCHIVE00000002", 0.01)]
+    form = approval_form(settings, "AKIAPAYMENTS0000001, AKIAARCHIVE00000002", ["alice"], pending)
+    description = str(form._description)  # what the UI shows above the form
+    assert "rotation of 2 accounts (one answer for all)" in description and "Approval 2 of 2" in description
+    assert "| payments (222222222222/eu-west-2) | xsiam-reader | AKIAPAYMENTS0000001 | 0.0 |" in description
+    assert "| log-archive (111111111111/eu-west-2) | xsiam-reader | AKIAARCHIVE00000002 | 0.0 |" in description
+    assert "--version-stage AWSPENDING" in description and "SecretString" not in description
+
+
 # --- end to end ----------------------------------------------------------------------------------
 
 
