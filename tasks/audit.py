@@ -1,9 +1,11 @@
 """audit-feeds: sample a feed's real log objects of a window and find their records in XSIAM.
 
-Read-only everywhere: S3 listings of the window's date-partitioned prefixes and GetObject of sampled objects (or
-FilterLogEvents over the EKS log group), then batched XQL lookups, 10 needles a query and at most 4 queries at once
-(XqlClient.find). `window_objects` and `missing_objects` are also replay-feed's: what was written in a window, and
-which of those objects XSIAM lacks.
+Read-only everywhere: S3 listings of the window's date-partitioned prefixes (LISTERS at once) and GetObject of
+sampled objects (READERS at once), or FilterLogEvents over the EKS log group, then batched XQL lookups
+(NEEDLES_PER_QUERY needles a query) and at most 4 queries at once (XqlClient.find); the staleness query runs
+while the feed is being sampled.
+`window_objects` and `missing_objects` are also replay-feed's: what was written in a window, and which of those
+objects XSIAM lacks.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from tasks._task import aws_task
 from tasks.xql import XqlClient
 
 READERS = 16  # objects read at once per feed: S3 round trips, not CPU, are the cost
+LISTERS = 8  # prefixes listed at once per feed (pages of one prefix follow each other's continuation token)
 LOOKBACK = timedelta(hours=1)  # XSIAM may time an event by its own clock, up to the source's delivery delay earlier
 MAX_EKS_EVENTS = 10_000  # events read from the log group before sampling (a day of a busy cluster is millions)
 SHOWN_MISSING = 20  # missing keys listed in events and the table
@@ -86,14 +89,21 @@ def window_objects(aws: AwsClients, settings: Settings, feed_name: str, start: d
     if settled_before <= _utc(start):
         return []
     days = audit.window_days(start, settled_before)
-    objects: list[WindowObject] = []
-    for bucket in feed.buckets:
-        for listing in audit.listings(feed, settings.account_id, settings.region):
-            folders = _discover(aws, bucket, [listing.prefix], listing.discover_levels)
-            for prefix in listing.day_prefixes(folders, days):
-                objects += [o for o in _list(aws, bucket, prefix)
-                            if audit.in_window(o.key, o.last_modified, start, settled_before, CANARY_KEY_PREFIX)]
-    return objects
+    layouts = [(bucket, listing) for bucket in feed.buckets
+               for listing in audit.listings(feed, settings.account_id, settings.region)]
+
+    def discover(layout: tuple[str, audit.Listing]) -> list[tuple[str, str]]:
+        bucket, listing = layout
+        folders = _discover(aws, bucket, [listing.prefix], listing.discover_levels)
+        return [(bucket, prefix) for prefix in listing.day_prefixes(folders, days)]
+
+    def listed(where: tuple[str, str]) -> list[WindowObject]:
+        return [o for o in _list(aws, *where)
+                if audit.in_window(o.key, o.last_modified, start, settled_before, CANARY_KEY_PREFIX)]
+
+    with ThreadPoolExecutor(max_workers=LISTERS, thread_name_prefix="s3-list") as pool:
+        prefixes = [where for found in pool.map(discover, layouts) for where in found]
+        return [o for objects in pool.map(listed, prefixes) for o in objects]
 
 
 def _s3_feed(settings: Settings, feed_name: str) -> S3Feed:
@@ -226,19 +236,19 @@ def audit_feed(aws: AwsClients, xql: XqlClient, settings: Settings, feed_name: s
     feed = settings.feed(feed_name)
     per_object = settings.audit.records_per_object
     deadline = time.monotonic() + settings.audit.deadline_seconds
-    if isinstance(feed, FirehoseFeed):
-        drawn, dataset = _eks_sample(aws, settings, feed, start, sample, rng), LOG_TYPE_DATASETS["EKS"]
-    else:
-        objects = window_objects(aws, settings, feed_name, start, end)
-        chosen = audit.draw(objects, sample, rng)
-        needles = _needles_of(aws, feed, chosen, per_object, rng)
-        drawn = Sample(len(objects), {o.key: ns for o, ns in needles.items()})
-        dataset = LOG_TYPE_DATASETS[feed.log_type]
-    wanted = sorted({n for ns in drawn.needles.values() for n in ns})
-    held = xql.find(dataset, wanted, *_timeframe(start), deadline) if wanted else set()
-    newest = xql.newest_ms(dataset, int(start.timestamp() * 1000), int(time.time() * 1000) + 60_000, deadline,
-                           contains=staleness_filter(feed))
-    return [judge(feed_name, feed, settings.account_id, drawn, held, newest)]
+    dataset = LOG_TYPE_DATASETS["EKS" if isinstance(feed, FirehoseFeed) else feed.log_type]
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="xql-newest") as background:
+        newest = background.submit(xql.newest_ms, dataset, int(start.timestamp() * 1000),
+                                   int(time.time() * 1000) + 60_000, deadline, contains=staleness_filter(feed))
+        if isinstance(feed, FirehoseFeed):
+            drawn = _eks_sample(aws, settings, feed, start, sample, rng)
+        else:
+            objects = window_objects(aws, settings, feed_name, start, end)
+            needles = _needles_of(aws, feed, audit.draw(objects, sample, rng), per_object, rng)
+            drawn = Sample(len(objects), {o.key: ns for o, ns in needles.items()})
+        wanted = sorted({n for ns in drawn.needles.values() for n in ns})
+        held = xql.find(dataset, wanted, *_timeframe(start), deadline) if wanted else set()
+        return [judge(feed_name, feed, settings.account_id, drawn, held, newest.result())]
 
 
 def judge(feed_name: str, feed: S3Feed | FirehoseFeed, account: str, drawn: Sample, held: set[str],

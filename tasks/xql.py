@@ -26,7 +26,7 @@ from pydantic import SecretStr
 from socfeeds.settings import Settings
 
 MAX_PARALLEL_QUERIES = 4
-NEEDLES_PER_QUERY = 10
+NEEDLES_PER_QUERY = 12  # an audit of 50 objects x 3 records: 13 lookups and 1 staleness query, < 1 per 10 records
 RESULT_LIMIT = 1000  # get_query_results returns at most 1,000 rows (more only through the results stream)
 SEARCH_LIMIT = 100
 FINISH_SECONDS = 5.0  # past the deadline, how long a running query is still polled to its end

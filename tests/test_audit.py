@@ -52,8 +52,7 @@ def test_each_format_gives_a_needle_xql_can_search_and_xsiam_holds(log_type: str
     [record] = formats.read_records(log_type, first)
     needle = audit.needle_for(log_type, record)
     assert needle and not audit.NEEDLE_UNSAFE.search(needle)
-    held = first if log_type == "Flow Logs" else split_records(log_type, first)[0]  # flow logs: XSIAM keeps the line
-    assert needle in held
+    assert needle in split_records(log_type, first)[0]  # the record's _raw_log as the stand-in keeps it
     assert needle != audit.needle_for(log_type, formats.read_records(log_type, second)[0])
 
 
@@ -197,6 +196,25 @@ def put_eks_events(stack: Stack, count: int) -> list[str]:
     logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=[
         {"timestamp": int(time.time() * 1000), "message": event} for event in events])
     return [json.loads(event)["auditID"] for event in events]
+
+
+def test_the_window_is_listed_across_regions_and_days(stack: Stack) -> None:
+    """window_objects lists every day folder of every discovered region (at once): objects in yesterday's and
+    today's folders of two regions are all listed."""
+    feed = stack.settings.s3_feeds["cloudtrail"]
+    s3, now = stack.client("s3"), datetime.now(UTC)
+    s3.create_bucket(Bucket=feed.bucket, CreateBucketConfiguration={"LocationConstraint": stack.settings.region})
+    written = []
+    for region in (stack.settings.region, "us-east-1"):
+        for at in (now - timedelta(days=1), now):
+            obj = formats.cloudtrail(formats.Origin(stack.settings.account_id, region), f"w-{uuid.uuid4().hex}", at)
+            s3.put_object(Bucket=feed.bucket, Key=obj.key, Body=obj.body)
+            written.append(obj.key)
+    settings = stack.settings.model_copy(update={"audit": stack.settings.audit.model_copy(
+        update={"settle_minutes": 0})})  # objects written just now count
+    listed = {o.key for o in window_objects(stack.aws, settings, "cloudtrail", now - timedelta(days=1),
+                                            now + timedelta(minutes=1))}
+    assert set(written) <= listed
 
 
 def test_audit_finds_objects_xsiam_never_heard_of(stack: Stack, collecting: LocalXsiam) -> None:

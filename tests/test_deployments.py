@@ -33,7 +33,7 @@ from tasks.roles import INLINE_POLICY
 DEPLOYMENTS = ("provision-feeds/on-demand", "verify-feeds/daily", "feed-canary/daily", "rotate-reader-keys/weekly",
                "rotate-reader-keys/on-demand", "provision-feeds/per-account", "verify-feeds/per-account",
                "feed-canary/per-account", "rotate-reader-keys/per-account", "audit-feeds/daily",
-               "audit-feeds/per-account")
+               "audit-feeds/per-account", "replay-feed/on-demand")
 SCREENSHOTS = REPO_ROOT / "test-output" / "screenshots"  # kept after the run, for a person to look at
 MEASUREMENTS = REPO_ROOT / "test-output" / "alert-latency.txt"
 ALERT_DEADLINE_S = 90  # automations reach the webhook in ~0.1 s here (test-output/alert-latency.txt); room for CI

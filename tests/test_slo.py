@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import uuid
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -203,10 +204,12 @@ def test_the_canary_publishes_feed_slos_from_the_events_api_and_the_ui_shows_the
     from flows.canary import feed_canary
     from tasks.canary import ensure_canary_writer
 
+    name = f"cloudtrail-{uuid.uuid4().hex[:6]}"  # this test's feed alone: other tests' canaries pass for cloudtrail
+    stack.update(s3_feeds={name: stack.values["s3_feeds"]["cloudtrail"]})
     settings = stack.settings
     ensure_canary_writer.fn(stack.aws, settings, False)
     account = settings.account_id
-    feed = {"prefect.resource.id": "socfeeds.feed.cloudtrail", "prefect.resource.name": "cloudtrail",
+    feed = {"prefect.resource.id": f"socfeeds.feed.{name}", "prefect.resource.name": name,
             "socfeeds.account": account}  # as the flows emit them
     days_ago = [datetime.now(UTC) - timedelta(days=day) for day in range(6)]
     history = [emit_event(event="socfeeds.canary.passed", occurred=at, resource=feed,
@@ -229,16 +232,16 @@ def test_the_canary_publishes_feed_slos_from_the_events_api_and_the_ui_shows_the
     eventually("the history events", lambda: read() >= expected)
     assert str(elsewhere.id) not in read(), "read_history returned another account's event"
 
-    state = feed_canary(feeds=["cloudtrail"], return_state=True)
+    state = feed_canary(feeds=[name], return_state=True)
     assert state.is_failed()
     artifact = artifacts_of(state)[SLO_ARTIFACT]
     text = str(artifact.data)
-    rows = {line.split(" | ")[2]: line for line in text.splitlines() if " | cloudtrail | " in line}
+    rows = {line.split(" | ")[2]: line for line in text.splitlines() if f" | {name} | " in line}
     assert rows["completeness"].split(" | ")[3] == "98.76% (80 of 81 found; 95% CI 93.0%-99.8%; latest audit)"
     assert rows["staleness"].split(" | ")[3] == "1 h 12 min (latest audit)"
     assert rows["canary success"].split(" | ")[3].endswith(" runs failed, the latest)")  # this run, passed in
     assert rows["canary latency p95"].split(" | ")[3].startswith("5 min over ")  # the slowest of the five
-    assert "## cloudtrail: " in text and "](data:image/svg+xml;base64," in text
+    assert f"## {name}: " in text and "](data:image/svg+xml;base64," in text
 
     ui = os.environ["PREFECT_API_URL"].removesuffix("/api")
     dom = chromium.page_dom(chromium.find_or_install(), f"{ui}/artifacts/artifact/{artifact.id}",

@@ -30,7 +30,7 @@ from tasks.canary import backup_wait_seconds, stream_timing
 from tasks.notifications import ensure_notification
 from tasks.queues import ensure_queues, queue_url
 from tasks.reader import ensure_reader
-from tasks.xql import RESULT_LIMIT, XqlClient, XqlError
+from tasks.xql import NEEDLES_PER_QUERY, RESULT_LIMIT, XqlClient, XqlError
 
 T = TypeVar("T")
 
@@ -252,15 +252,15 @@ def window() -> tuple[int, int, float]:
     return now - 3_600_000, now + 60_000, time.monotonic() + 20
 
 
-def test_find_batches_ten_needles_a_query_and_matches_them_in_the_rows(xsiam: LocalXsiam, client: XqlClient) -> None:
+def test_find_batches_needles_and_matches_them_in_the_rows(xsiam: LocalXsiam, client: XqlClient) -> None:
     run = uuid.uuid4().hex[:8]
-    held = [f"held-{run}-{i}" for i in range(25)]
+    held = [f"held-{run}-{i}" for i in range(NEEDLES_PER_QUERY * 2 + 1)]
     deliver(xsiam, [f"GET /x id={needle.upper()} 200" for needle in held[:5]] + [f"event {n}" for n in held[5:]],
             int(time.time() * 1000))
     absent = [f"absent-{run}-{i}" for i in range(5)]
     found = client.find("amazon_eks_raw", [*held, *absent, held[0]], *window())
     assert found == set(held), "contains is case-insensitive, as XQL's default"
-    assert client.queries_started == 3  # 30 distinct needles, 10 a query
+    assert client.queries_started == 3  # 2 full batches, then the rest: absent needles and the last held one
 
 
 def test_find_asks_again_for_needles_a_full_page_of_rows_may_hide(xsiam: LocalXsiam, client: XqlClient) -> None:
