@@ -68,36 +68,35 @@ class Fleet:
     def acquired(self, limit_name: str) -> int:
         """Slots taken from a pool-wide rate limit, by the concurrency-limit events of every run (the limit
         exists: the parent made it from fleet.api_calls_per_second)."""
-        from prefect.events.filters import EventFilter, EventNameFilter
-
         with prefect_api(self.env["PREFECT_API_URL"]) as client:
             limit = client.read_global_concurrency_limit_by_name(limit_name)
             assert (limit.limit, limit.slot_decay_per_second) == (API_RATES["iam"], API_RATES["iam"])
-            page = client.read_events(filter=EventFilter(event=EventNameFilter(
-                name=["prefect.concurrency-limit.acquired"])), limit=50)
-            events = list(page.events)
-            while page.next_page:
-                page = client.read_events_page(str(page.next_page))
-                events += page.events
+            events = events_named(client, "prefect.concurrency-limit.acquired")
         return sum(1 for event in events if event.resource.get("prefect.resource.name") == limit_name)
 
     def workers_of(self, parent_id: str) -> set[str]:
         """The workers that ran the parent and its children (from the workers' submitted-flow-run events)."""
         from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
-        from prefect.events.filters import EventFilter, EventNameFilter
 
         with prefect_api(self.env["PREFECT_API_URL"]) as client:
             children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
                 parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[UUID(parent_id)])))
             runs = {parent_id, *(str(child.id) for child in children)}
-            page = client.read_events(filter=EventFilter(event=EventNameFilter(
-                name=["prefect.worker.submitted-flow-run"])), limit=50)
-            events = list(page.events)
-            while page.next_page:
-                page = client.read_events_page(str(page.next_page))
-                events += page.events
+            events = events_named(client, "prefect.worker.submitted-flow-run")
         return {event.resource.id for event in events
                 if any(r.id.removeprefix("prefect.flow-run.") in runs for r in event.related)}
+
+
+def events_named(client: Any, name: str) -> list[Any]:
+    """Every event of that name on the server, across the API's pages."""
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    page = client.read_events(filter=EventFilter(event=EventNameFilter(name=[name])), limit=50)
+    events = list(page.events)
+    while page.next_page:
+        page = client.read_events_page(str(page.next_page))
+        events += page.events
+    return events
 
 
 @pytest.fixture(scope="module")
