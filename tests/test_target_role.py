@@ -33,6 +33,7 @@ from conftest import Stack
 from parliament import iam_definition
 from prefect import Task
 from test_parliament import CASES, _settings, findings
+from test_xsiam_standin import eventually
 
 import tasks.buckets
 import tasks.canary
@@ -494,6 +495,8 @@ def test_the_verify_role_reads_everything_the_checks_and_a_dry_run_read_and_writ
     planned = provision(role, settings, dry_run=True)
     assert planned and plans(planned) == plans(provision(stack.aws, settings, dry_run=True))
     provision(stack.aws, settings, dry_run=False)
+    eventually("the new queues' first AWS/SQS metrics (the local stack publishes each second)", lambda: not [
+        f for f in verify(stack.aws, settings) if f.detail.startswith("no data: CloudWatch has no AWS/SQS")])
     assert verify(role, settings) == verify(stack.aws, settings)  # the role sees exactly what the admin sees
     assert provision(role, settings, dry_run=True) == []
     assert calls.refused() == []
