@@ -417,3 +417,9 @@ READERS: dict[str, Callable[[str], Sequence[Mapping[str, Any]]]] = {
 def read_records(log_type: str, text: str) -> Sequence[Mapping[str, Any]]:
     """Each event in an object of the log type; any other type is read as JSON lines, like XSIAM's Generic."""
     return READERS.get(log_type, json_lines)(text)
+
+
+def object_body(data: bytes) -> bytes:
+    """An S3 log object's bytes, gunzipped when they are gzip (by magic number: a delivery's key or
+    Content-Encoding does not always say)."""
+    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data

@@ -10,7 +10,6 @@ objects XSIAM lacks.
 
 from __future__ import annotations
 
-import gzip
 import random
 import time
 from collections.abc import Iterator, Sequence
@@ -23,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from socfeeds import audit
 from socfeeds.aws import AwsClients, error_code
-from socfeeds.formats import read_records
+from socfeeds.formats import object_body, read_records
 from socfeeds.report import Status
 from socfeeds.settings import (
     CANARY_KEY_PREFIX,
@@ -35,6 +34,7 @@ from socfeeds.settings import (
     Settings,
     SettingsError,
 )
+from socfeeds.slo import duration
 from tasks._task import aws_task
 from tasks.xql import XqlClient
 
@@ -139,9 +139,7 @@ def _utc(at: datetime) -> datetime:
 
 def object_records(aws: AwsClients, feed: S3Feed, obj: WindowObject) -> list[dict[str, object]]:
     """The object's records as XSIAM splits its log type (gzip or plain, whatever the name says)."""
-    data = aws.s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"].read()
-    if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
+    data = object_body(aws.s3.get_object(Bucket=obj.bucket, Key=obj.key)["Body"].read())
     return [dict(r) for r in read_records(feed.log_type, data.decode("utf-8", errors="replace"))]
 
 
@@ -269,14 +267,14 @@ def judge(feed_name: str, feed: S3Feed | FirehoseFeed, account: str, drawn: Samp
     if staleness is None:
         problems.append("XSIAM holds no event of the feed in the window")
     elif staleness > slo.staleness_seconds:
-        problems.append(f"newest event {_age(staleness)} old (objective {_age(slo.staleness_seconds)})")
+        problems.append(f"newest event {duration(staleness)} old (objective {duration(slo.staleness_seconds)})")
     status = Status.FAIL if problems else Status.WARN if not units else Status.PASS
     return FeedAudit(
         status=status, fix=fix_for(feed_name, feed, problems, missing) if problems else
         ("" if units else "nothing written in the window to sample: check the source is logging (verify-feeds)"),
         feed=feed_name, objects=drawn.population, sampled=len(units), found=found,
         completeness=f"{found / len(units):.1%}" if units else "n/a",
-        interval=f"{low:.1%} - {high:.1%}", staleness=_age(staleness) if staleness is not None else "no event",
+        interval=f"{low:.1%} - {high:.1%}", staleness=duration(staleness) if staleness is not None else "no event",
         missing="; ".join(f"{label} ({', '.join(ns)})" for label, ns in list(missing.items())[:SHOWN_MISSING]),
         ci_low=round(low, 6), ci_high=round(high, 6), staleness_seconds=staleness,
         missing_keys=list(missing)[:SHOWN_MISSING], account=account)
@@ -300,11 +298,6 @@ def fix_for(feed_name: str, feed: S3Feed | FirehoseFeed, problems: list[str], mi
         return (f"{what}: run replay-feed with feed={feed_name}, start/end = the audit window, only_missing=true; "
                 "then check the queue and DLQ (verify-feeds)")
     return f"{what}: run verify-feeds (queue backlog, DLQ, notification) and the canary for {feed_name}"
-
-
-def _age(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min" if seconds >= 60 \
-        else f"{seconds:.0f} s"
 
 
 # --- EKS: events of the log group -------------------------------------------------------------------

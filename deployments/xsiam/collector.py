@@ -13,7 +13,6 @@ users of S3 -> SQS SIEM inputs report), then set running again.
 
 from __future__ import annotations
 
-import gzip
 import json
 import threading
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from deployments.xsiam.store import Event, Store
-from socfeeds.formats import read_records
+from socfeeds.formats import object_body, read_records
 from socfeeds.settings import LOG_TYPE_DATASETS
 
 AUTH_ERRORS = {"InvalidClientTokenId", "SignatureDoesNotMatch", "UnrecognizedClientException",
@@ -249,9 +248,7 @@ class Collector:
         for record in notification["Records"]:
             bucket = record["s3"]["bucket"]["name"]
             key = unquote_plus(record["s3"]["object"]["key"])
-            data = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-            if data[:2] == b"\x1f\x8b":
-                data = gzip.decompress(data)
+            data = object_body(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
             raws = split_records(feed.log_type, data.decode())
             self.store.add_events(Event(LOG_TYPE_DATASETS.get(feed.log_type, "amazon_aws_raw"), feed.name,
                                         f"s3://{bucket}/{key}", None, raw) for raw in raws)
