@@ -1,12 +1,12 @@
 """replay-feed's operations: re-announce a window's objects to a feed's queue as S3 would, and redrive its DLQ.
 
 After an outage (the consumer down past the queue's 4-day retention, a broken notification, a full dead-letter
-queue) the objects are still in the bucket but XSIAM never heard of them. Each is announced again as the S3 event
-notification AWS itself sends (AWS S3 User Guide, "Event message structure",
+queue) the objects are still in the bucket but XSIAM never heard of them. Each is announced again as the S3
+event notification AWS itself sends (AWS S3 User Guide, "Event message structure",
 https://docs.aws.amazon.com/AmazonS3/latest/userguide/notification-content-structure.html), so XSIAM's S3 data
-source takes it as any other. Delivery is at least once: SQS standard queues do not deduplicate and XSIAM's S3 data source
-documents no deduplication of objects, so an object announced twice (a rerun after a crash, or one XSIAM had
-already) is ingested twice. That is why only the objects XSIAM lacks are announced by default.
+source takes it as any other. Delivery is at least once: SQS standard queues do not deduplicate and XSIAM's S3
+data source documents no deduplication of objects, so an object announced twice (a rerun after a crash, or one
+XSIAM had already) is ingested twice. That is why only the objects XSIAM lacks are announced by default.
 
 The dead-letter queue goes back to its feed queue with SQS StartMessageMoveTask; where SQS does not offer it
 (moto 5.2.5 answers 500 "not implemented") the messages are moved here: received from the dead-letter queue,
