@@ -260,3 +260,25 @@ def test_replay_closes_the_gap_the_audit_found(stack: Stack, collecting: LocalXs
     eventually("the replayed objects collected", lambda: collected(lost), 30)
     [closed] = audit_feeds(feeds=["cloudtrail"])
     assert (closed.sampled, closed.found, closed.missing_keys) == (6, 6, [])
+
+
+def test_provision_restores_a_removed_replay_statement_that_verify_reported(stack: Stack) -> None:
+    """Drift: someone rewrites the queue policy without SocfeedsReplay; verify warns, provision puts it back."""
+    from tasks.queues import check_queue
+
+    settings = stack.settings
+    url, _ = _queues(stack, settings, "application-logs")
+    sqs = stack.client("sqs")
+    doc = json.loads(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["Policy"])["Attributes"]["Policy"])
+    doc["Statement"] = [s for s in doc["Statement"] if s.get("Sid") != policies.REPLAY_SID]
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(doc)})
+
+    def replay_sender() -> str:
+        [finding] = [f for f in check_queue.fn(stack.aws, settings, "application-logs") if f.check == "replay sender"]
+        return finding.status.value
+
+    assert replay_sender() == "warn"
+    changes = ensure_queues.fn(stack.aws, settings, "application-logs", False)
+    assert changes, "provision repaired nothing"
+    assert replay_sender() == "pass"
+    assert ensure_queues.fn(stack.aws, settings, "application-logs", False) == [], "a second provision changes nothing"
