@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast
 from uuid import UUID
@@ -122,6 +124,27 @@ def gather(futures: Iterable[tuple[str, PrefectFuture[list[T]]]]) -> tuple[list[
         else:
             errors.append((label, str(outcome)))
     return items, errors
+
+
+def call_each(steps: Iterable[tuple[str, Task[..., list[T]], tuple[Any, ...]]], at_once: int = 16
+              ) -> tuple[list[T], list[tuple[str, str]]]:
+    """What `gather` gives for submitted tasks, from the same steps called as plain functions in threads: for a
+    fleet account's run, whose rows are already one cell of its parent's matrix, so the server is not asked to keep
+    a task run per step (~24 ms of its CPU each: 50 accounts' verify would be 1,100 task runs)."""
+    steps = list(steps)
+
+    def call(task: Task[..., list[T]], args: tuple[Any, ...]) -> object:
+        try:
+            return items_of(cast(State[Any], outcome)) if isinstance(outcome := task.fn(*args), State) else outcome
+        except Exception as error:
+            get_run_logger().exception("%s raised", task.name)
+            return error
+
+    with ThreadPoolExecutor(max_workers=max(1, min(at_once, len(steps)))) as pool:
+        done = [(label, pool.submit(contextvars.copy_context().run, call, task, args)) for label, task, args in steps]
+        outcomes = [(label, future.result()) for label, future in done]
+    items = [item for _, outcome in outcomes if isinstance(outcome, list) for item in outcome]
+    return items, [(label, str(outcome)) for label, outcome in outcomes if not isinstance(outcome, list)]
 
 
 def leaves_a_record(flow_name: str) -> Callable[[Callable[P, R]], Callable[P, R]]:

@@ -35,7 +35,16 @@ from prefect.deployments import run_deployment
 
 from socfeeds.aws import AwsClients, api_limit_name, pool_limits, session_name
 from socfeeds.settings import Settings, SettingsError, load_settings
-from socfeeds.targets import OrgAccount, Target, discover, enrolled, not_covered, select, target_settings
+from socfeeds.targets import (
+    OrgAccount,
+    Target,
+    discover,
+    enrolled,
+    lists_organization,
+    not_covered,
+    select,
+    target_settings,
+)
 
 CHILD_DEPLOYMENT = "per-account"
 ARCHIVES_FIRST = {"provision-feeds"}  # a member's source needs the archive's bucket to exist
@@ -73,8 +82,8 @@ def start_fleet(feeds: list[str] | None, accounts: list[str] | None) -> Fleet:
     `feeds` names feeds some target has, `accounts` names declared or discovered accounts."""
     settings = load_settings()
     aws = AwsClients.from_settings(settings)
-    discovery = settings.fleet.organization if settings.fleet else None
-    found = discover(aws.organizations, settings.fleet) if settings.fleet and discovery and discovery.enabled else []
+    found = discover(aws.organizations, settings.fleet) if settings.fleet and lists_organization(settings, accounts) \
+        else []
     everyone = enrolled(settings, found)
     targets = select(everyone, accounts)
     rendered = {t.key: target_settings(settings, t) for t in targets}

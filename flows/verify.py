@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import cast
+from typing import Any, cast
 
-from prefect import flow
-from prefect.futures import PrefectFuture
+from prefect import Task, flow
 
 import tasks.rds  # noqa: F401 (registers the RDS and CloudFront source wiring)
 from flows._common import (
+    call_each,
     concurrent_tasks,
     failed_with,
     failing_when,
@@ -77,20 +77,22 @@ def verify_feeds(feeds: list[str] | None = None, accounts: list[str] | None = No
     if fleet.fans_out:
         return cast(list[Finding], fleet_result("verify-feeds", fleet, {"feeds": feeds}, verify_feeds))
     run = target_run(fleet, feeds, "verify-feeds")
-    checks: list[tuple[str, PrefectFuture[list[Finding]]]] = [
-        ("check-reader", reader_check.submit(run.aws, run.settings)),
-        ("check-canary-writer", writer_check.submit(run.aws, run.settings)),
-        ("check-key-policies", key_check.submit(run.aws, run.settings))]
+    checks: list[tuple[str, Task[..., list[Finding]], tuple[Any, ...]]] = [
+        ("check-reader", reader_check, (run.aws, run.settings)),
+        ("check-canary-writer", writer_check, (run.aws, run.settings)),
+        ("check-key-policies", key_check, (run.aws, run.settings))]
     for name in run.s3_feeds:
-        checks += [(f"{check.name}[{name}]", check.submit(run.aws, run.settings, name)) for check in feed_checks]
+        checks += [(f"{check.name}[{name}]", check, (run.aws, run.settings, name)) for check in feed_checks]
     for name in run.delivering_feeds:  # the bucket is another account's feed: here only the source is checked
-        checks.append((f"check-source[{name}]", source_check.submit(run.aws, run.settings, name)))
+        checks.append((f"check-source[{name}]", source_check, (run.aws, run.settings, name)))
     for name in run.firehose_feeds:
-        checks += [(f"{check.name}[{name}]", check.submit(run.aws, run.settings, name))
-                   for check in firehose_feed_checks]
-    findings, errors = gather(checks)
+        checks += [(f"{check.name}[{name}]", check, (run.aws, run.settings, name)) for check in firehose_feed_checks]
+    # a fleet account's checks are cells of its parent's matrix: plain calls, not a task run each (see call_each)
+    findings, errors = call_each(checks) if run.target else gather(
+        (label, check.submit(*args)) for label, check, args in checks)
     findings += [Finding(feed=feed, resource=label, check="check ran", status=Status.FAIL, detail=error,
-                         fix="see the task run's log; the check itself could not finish")
+                         fix="see the run's log (the check's task run; in a fleet, the account's run): the check "
+                             "could not finish")
                  for feed, label, error in ((feed_of(label) or "reader", label, error)
                                             for label, error in errors)]
     findings.sort(key=lambda f: STATUS_ORDER[f.status])  # stable: check order within each status

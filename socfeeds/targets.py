@@ -72,6 +72,21 @@ def not_covered(targets: Iterable[Target], found: Iterable[OrgAccount]) -> list[
     return [a for a in found if a.account_id not in covered]
 
 
+def names_only(targets: list[Target], accounts: list[str]) -> bool:
+    """Whether every one of `accounts` names one of `targets` (by account id, account name, or key)."""
+    return all(any(a in {t.account_id, t.name, t.key} for t in targets) for a in accounts)
+
+
+def lists_organization(settings: Settings, accounts: list[str] | None) -> bool:
+    """Whether a run must list the Organization: discovery is on, and the run covers every account (it reports
+    those not covered) or names one only discovery enrolls. Each child run and account subflow names declared
+    accounts, so a fleet of N lists it once, not N times."""
+    discovery = settings.fleet.organization if settings.fleet else None
+    if discovery is None or not discovery.enabled:
+        return False
+    return accounts is None or (discovery.enroll and not names_only(declared_targets(settings), accounts))
+
+
 def select(targets: list[Target], accounts: list[str] | None) -> list[Target]:
     """The targets a run covers: all, or those named by account id, account name, or `<account id>/<region>`."""
     if accounts is None:
@@ -79,7 +94,7 @@ def select(targets: list[Target], accounts: list[str] | None) -> list[Target]:
     if not accounts:
         raise SettingsError("accounts: an empty list selects no account; leave accounts out for every account")
     chosen = [t for t in targets if {t.account_id, t.name, t.key} & set(accounts)]
-    unknown = sorted(a for a in accounts if not any(a in {t.account_id, t.name, t.key} for t in targets))
+    unknown = sorted(a for a in accounts if not names_only(targets, [a]))
     if unknown:
         known = sorted({t.account_id for t in targets} | {t.name for t in targets})
         raise SettingsError(f"accounts: unknown account(s) {unknown}; the fleet has {known}")

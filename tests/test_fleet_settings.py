@@ -14,7 +14,16 @@ from flows._fleet import ChildOutcome, Fleet, summary
 from socfeeds.aws import AwsClients
 from socfeeds.policies import source_write_statements
 from socfeeds.settings import Settings, SettingsError
-from socfeeds.targets import OrgAccount, Target, declared_targets, enrolled, not_covered, select, target_settings
+from socfeeds.targets import (
+    OrgAccount,
+    Target,
+    declared_targets,
+    enrolled,
+    lists_organization,
+    not_covered,
+    select,
+    target_settings,
+)
 
 ARCHIVE, MEMBER = "222222222222", "333333333333"
 FLOW = {"kind": "vpc_flow_log"}
@@ -113,6 +122,19 @@ def test_organization_accounts_without_a_target_are_not_covered_unless_enrolled(
     targets = enrolled(enrolling, found)
     assert [t.account_id for t in targets] == [MEMBER, ARCHIVE] and not not_covered(targets, found)
     assert targets[1] == Target(ARCHIVE, "sandbox", "eu-west-2", None, f"arn:aws:iam::{ARCHIVE}:role/socfeeds-target")
+
+
+def test_only_a_run_of_every_account_or_of_one_only_discovery_enrolls_lists_the_organization() -> None:
+    discovering = {"external_id": "x", "accounts": [{"account_id": MEMBER, "name": "payments"}],
+                   "organization": {"enabled": True}}
+    settings = fleet_settings([{"account_id": MEMBER}], fleet=discovering)
+    assert lists_organization(settings, None), "every account: the run reports those not covered"
+    assert not lists_organization(settings, ["payments"]), "a child run names declared accounts"
+    enrolling = fleet_settings([{"account_id": MEMBER}], fleet={
+        **discovering, "organization": {"enabled": True, "enroll": True}})
+    assert not lists_organization(enrolling, [MEMBER, f"{MEMBER}/eu-west-2"])
+    assert lists_organization(enrolling, [MEMBER, ARCHIVE]), "only the Organization knows the enrolled one"
+    assert not lists_organization(fleet_settings([{"account_id": MEMBER}]), None), "discovery off"
 
 
 def test_a_central_archive_bucket_admits_each_member_and_a_member_wires_only_its_source() -> None:
