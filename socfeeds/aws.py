@@ -70,6 +70,13 @@ def modelled_session() -> botocore.session.Session:
     return core
 
 
+def new_session(access_key_id: str | None = None, secret_access_key: str | None = None,
+                session_token: str | None = None, region: str | None = None) -> boto3.session.Session:
+    """A boto3 session with these credentials (None: boto3's chain) on this process's loaded service models."""
+    return boto3.session.Session(access_key_id, secret_access_key, session_token, region_name=region,
+                                 botocore_session=modelled_session())
+
+
 def session_name(*parts: str) -> str:
     """An STS session name (2-64 of [\\w+=,.@-]) that says which flow and run made each call in CloudTrail."""
     return re.sub(r"[^\w+=,.@-]", "-", "-".join(["socfeeds", *parts]))[:64]
@@ -84,8 +91,8 @@ def assumed_session(source: boto3.session.Session, role_arn: str, region: str, e
     with _assumed_lock:
         if key not in _assumed:
             def sts_client(service: str, **credentials: Any) -> Any:
-                return cast(Any, boto3.session.Session(botocore_session=modelled_session())).client(
-                    service, region_name=region, endpoint_url=endpoint_url, **credentials)
+                return cast(Any, new_session()).client(service, region_name=region, endpoint_url=endpoint_url,
+                                                       **credentials)
 
             extra: dict[str, Any] = {"RoleSessionName": name, "DurationSeconds": duration_s}
             if external_id:
@@ -196,8 +203,7 @@ class AwsClients:
 
             block = cast(AwsCredentials, AwsCredentials.load(settings.aws_credentials_block))
             session = block.get_boto3_session()
-        return cls(session or boto3.session.Session(botocore_session=modelled_session()), settings.region,
-                   settings.endpoint_url,
+        return cls(session or new_session(), settings.region, settings.endpoint_url,
                    max_pool_connections=max(10, settings.max_concurrency * 2))
 
     def assume(self, role_arn: str, region: str, external_id: str | None, name: str, duration_s: int,

@@ -17,13 +17,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote_plus
 
-import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict
 
 from socfeeds import formats, policies
 from socfeeds.arns import Arns
-from socfeeds.aws import AwsClients
+from socfeeds.aws import AwsClients, new_session
 from socfeeds.report import Change, ChangesFor, Finding, FindingsFor, Status
 from socfeeds.settings import LOG_TYPE_DATASETS, FirehoseFeed, RdsLogsSource, S3Feed, Settings, canary_key_prefix
 from tasks._task import aws_task
@@ -108,8 +107,7 @@ def writer_clients(aws: AwsClients, settings: Settings, run_tag: str) -> AwsClie
     """Clients acting as the canary writer role (assumed with the flow's own identity)."""
     credentials = aws.sts.assume_role(RoleArn=_writer_role_arn(settings),
                                       RoleSessionName=_session_name(run_tag))["Credentials"]
-    session = boto3.session.Session(credentials["AccessKeyId"], credentials["SecretAccessKey"],
-                                    credentials["SessionToken"])
+    session = new_session(credentials["AccessKeyId"], credentials["SecretAccessKey"], credentials["SessionToken"])
     return AwsClients(session, settings.region, settings.endpoint_url)
 
 

@@ -21,7 +21,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict
 
-from socfeeds.aws import AwsClients, absent_on
+from socfeeds.aws import AwsClients, absent_on, new_session
 from socfeeds.errors import OnCallError
 from socfeeds.settings import ReaderSettings, RotationPolicy, Settings
 from tasks._task import aws_task
@@ -268,7 +268,7 @@ def create_pending_key(aws: AwsClients, settings: Settings, run_id: str) -> str:
 def _session_for(aws: AwsClients, settings: Settings, stage: str) -> boto3.session.Session:
     value = json.loads(aws.secrets.get_secret_value(SecretId=settings.reader.secret_name,
                                                     VersionStage=stage)["SecretString"])
-    return boto3.session.Session(value["access_key_id"], value["secret_access_key"])
+    return new_session(value["access_key_id"], value["secret_access_key"])
 
 
 @aws_task("try-pending-key", per_feed=False, retries=2)

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from deployments.local.stack import (
@@ -31,7 +30,7 @@ from deployments.local.stack import (
     loopback_guard_env,
     write_settings,
 )
-from socfeeds.aws import AwsClients
+from socfeeds.aws import AwsClients, new_session
 from socfeeds.resolve import resolve
 from socfeeds.settings import SETTINGS_FILE_ENV, Settings
 
@@ -131,8 +130,7 @@ class Stack:
 
     def _clients(self, settings: Settings) -> AwsClients:
         assert self.local.admin is not None
-        session = boto3.session.Session(aws_access_key_id=self.local.admin.access_key_id,
-                                        aws_secret_access_key=self.local.admin.secret_access_key)
+        session = new_session(self.local.admin.access_key_id, self.local.admin.secret_access_key)
         return AwsClients.from_settings(settings, session=session)
 
     def client(self, service: str) -> Any:

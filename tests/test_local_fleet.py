@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 
 from deployments.local.fleet import FLEET_EXTERNAL_ID, FLEET_ROLE, UNCOVERED_NAME
 from deployments.local.stack import ACCOUNT_ID, REGION, Credentials, LocalStack
-from socfeeds.aws import AwsClients, error_code
+from socfeeds.aws import AwsClients, error_code, new_session
 from socfeeds.settings import Settings
 from socfeeds.targets import OrgAccount, declared_targets, discover, not_covered, target_settings
 
@@ -54,9 +54,8 @@ def fleet_of(stack: LocalStack) -> Any:
 
 
 def session(credentials: Credentials) -> boto3.session.Session:
-    return boto3.session.Session(aws_access_key_id=credentials.access_key_id,
-                                 aws_secret_access_key=credentials.secret_access_key,
-                                 aws_session_token=credentials.session_token or None, region_name=REGION)
+    return new_session(credentials.access_key_id, credentials.secret_access_key, credentials.session_token or None,
+                       REGION)
 
 
 def test_the_organization_has_the_targets_and_one_account_no_target_covers(fleet_stack: LocalStack,

@@ -49,7 +49,7 @@ from deployments.local.stack import ACCOUNT_ID, REGION, on_customer_key
 from flows.verify import FEED_CHECKS, FIREHOSE_FEED_CHECKS
 from socfeeds import policies, target_role
 from socfeeds.arns import Arns
-from socfeeds.aws import AwsClients
+from socfeeds.aws import AwsClients, new_session
 from socfeeds.policies import Document, Statement
 from socfeeds.report import Change, Finding, Status
 from socfeeds.resolve import resolve
@@ -430,8 +430,7 @@ def as_role(stack: Stack, document: Document) -> tuple[AwsClients, Calls, str]:
         iam.attach_role_policy(RoleName=name, PolicyArn=arn)
     credentials = stack.client("sts").assume_role(RoleArn=role["Arn"], RoleSessionName="socfeeds-test",
                                                   ExternalId=EXTERNAL_ID)["Credentials"]
-    session = boto3.session.Session(credentials["AccessKeyId"], credentials["SecretAccessKey"],
-                                    credentials["SessionToken"])
+    session = new_session(credentials["AccessKeyId"], credentials["SecretAccessKey"], credentials["SessionToken"])
     calls = Calls(session)
     return AwsClients(session, REGION, stack.local.endpoint_url), calls, str(role["Arn"])
 
