@@ -25,7 +25,7 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import FlowRunSort
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.input import keyset_from_paused_state
 
 FLOW_NAME = "rotate-reader-keys"
@@ -59,7 +59,9 @@ def paused_rotations() -> list[PausedRotation]:
             try:
                 schema: dict[str, Any] = json.loads(client.read_flow_run_input(run.id, keyset["schema"]))
                 summary = str(json.loads(client.read_flow_run_input(run.id, keyset["description"])))
-            except ObjectNotFound:  # paused a moment ago: the form is saved right after the state
+            except PrefectHTTPStatusError as missing:  # paused a moment ago: the form is saved right after the state
+                if missing.response.status_code != 404:
+                    raise
                 schema, summary = {}, "(the approval form is not saved yet: run this again in a second)"
             approvers = schema.get("properties", {}).get("approver", {}).get("enum", [])
             found.append(PausedRotation(str(run.id), run.name, run.state.timestamp.isoformat(timespec="seconds"),

@@ -274,6 +274,20 @@ def alert_text(name: str, event: dict[str, Any], run_id: str) -> str:
     return render_user_template_sync(alert.subject + "\n" + alert.body, context)
 
 
+def test_a_run_paused_before_its_form_is_saved_is_listed_as_not_ready(prefect_server: None) -> None:
+    """The rotation's state turns Paused a moment before its form is written: listing then must not fail."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Paused
+
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run(rotate_reader_keys, state=Paused(timeout_seconds=60, pause_key="no-form-yet"))
+        try:
+            [listed] = [r for r in paused_rotations() if r.run_id == str(run.id)]
+        finally:
+            client.delete_flow_run(run.id)
+    assert listed.summary == "(the approval form is not saved yet: run this again in a second)" and not listed.approvers
+
+
 def test_rotation_end_to_end_loses_no_message(stack: Stack, reader: LocalXsiam,
                                               prefect_logs: pytest.LogCaptureFixture) -> None:
     settings, s3 = stack.settings, stack.client("s3")
