@@ -36,6 +36,11 @@ class Target:
     def label(self) -> str:
         return f"{self.name} ({self.key})" if self.name != self.account_id else self.key
 
+    @property
+    def names(self) -> frozenset[str]:
+        """What `accounts` may call it by: the account id, the account name, or `<account id>/<region>`."""
+        return frozenset({self.account_id, self.name, self.key})
+
 
 @dataclass(frozen=True)
 class OrgAccount:
@@ -72,9 +77,9 @@ def not_covered(targets: Iterable[Target], found: Iterable[OrgAccount]) -> list[
     return [a for a in found if a.account_id not in covered]
 
 
-def names_only(targets: list[Target], accounts: list[str]) -> bool:
-    """Whether every one of `accounts` names one of `targets` (by account id, account name, or key)."""
-    return all(any(a in {t.account_id, t.name, t.key} for t in targets) for a in accounts)
+def unknown_accounts(targets: list[Target], accounts: list[str]) -> list[str]:
+    """Those of `accounts` that name none of `targets`."""
+    return sorted(a for a in accounts if not any(a in t.names for t in targets))
 
 
 def lists_organization(settings: Settings, accounts: list[str] | None) -> bool:
@@ -84,7 +89,7 @@ def lists_organization(settings: Settings, accounts: list[str] | None) -> bool:
     discovery = settings.fleet.organization if settings.fleet else None
     if discovery is None or not discovery.enabled:
         return False
-    return accounts is None or (discovery.enroll and not names_only(declared_targets(settings), accounts))
+    return accounts is None or (discovery.enroll and bool(unknown_accounts(declared_targets(settings), accounts)))
 
 
 def select(targets: list[Target], accounts: list[str] | None) -> list[Target]:
@@ -93,11 +98,11 @@ def select(targets: list[Target], accounts: list[str] | None) -> list[Target]:
         return targets
     if not accounts:
         raise SettingsError("accounts: an empty list selects no account; leave accounts out for every account")
-    chosen = [t for t in targets if {t.account_id, t.name, t.key} & set(accounts)]
-    unknown = sorted(a for a in accounts if not names_only(targets, [a]))
-    if unknown:
+    chosen = [t for t in targets if t.names & set(accounts)]
+    unnamed = unknown_accounts(targets, accounts)
+    if unnamed:
         known = sorted({t.account_id for t in targets} | {t.name for t in targets})
-        raise SettingsError(f"accounts: unknown account(s) {unknown}; the fleet has {known}")
+        raise SettingsError(f"accounts: unknown account(s) {unnamed}; the fleet has {known}")
     return chosen
 
 
