@@ -110,20 +110,15 @@ def gather(futures: Iterable[tuple[str, PrefectFuture[list[T]]]]) -> tuple[list[
     task it waits on failed (Prefect leaves it Pending, "NotReady"): that one is named as skipped, with why."""
     futures = list(futures)
     label_of = {str(future.task_run_id): label for label, future in futures}
-    items: list[T] = []
-    errors: list[tuple[str, str]] = []
+    outcomes: list[tuple[str, object]] = []
     for label, future in futures:
         future.wait()
-        if not future.state.is_final():
-            upstream = [name for run_id, name in label_of.items() if run_id in str(future.state.message)]
-            errors.append((label, f"skipped: it waits on {', '.join(upstream) or 'a step'}, which did not finish"))
+        if future.state.is_final():
+            outcomes.append((label, items_of(future.state)))
             continue
-        outcome: object = items_of(future.state)
-        if isinstance(outcome, list):
-            items.extend(outcome)
-        else:
-            errors.append((label, str(outcome)))
-    return items, errors
+        upstream = [name for run_id, name in label_of.items() if run_id in str(future.state.message)]
+        outcomes.append((label, f"skipped: it waits on {', '.join(upstream) or 'a step'}, which did not finish"))
+    return split_outcomes(outcomes)
 
 
 def call_each(steps: Iterable[tuple[str, Task[..., list[T]], tuple[Any, ...]]], at_once: int = 16
@@ -135,14 +130,19 @@ def call_each(steps: Iterable[tuple[str, Task[..., list[T]], tuple[Any, ...]]], 
 
     def call(task: Task[..., list[T]], args: tuple[Any, ...]) -> object:
         try:
-            return items_of(cast(State[Any], outcome)) if isinstance(outcome := task.fn(*args), State) else outcome
+            outcome = task.fn(*args)
         except Exception as error:
             get_run_logger().exception("%s raised", task.name)
             return error
+        return items_of(cast(State[Any], outcome)) if isinstance(outcome, State) else outcome  # see failing_when
 
     with ThreadPoolExecutor(max_workers=max(1, min(at_once, len(steps)))) as pool:
         done = [(label, pool.submit(contextvars.copy_context().run, call, task, args)) for label, task, args in steps]
-        outcomes = [(label, future.result()) for label, future in done]
+        return split_outcomes([(label, future.result()) for label, future in done])
+
+
+def split_outcomes(outcomes: list[tuple[str, object]]) -> tuple[list[T], list[tuple[str, str]]]:
+    """The items of every step that produced its list, and (label, error) for every other step."""
     items = [item for _, outcome in outcomes if isinstance(outcome, list) for item in outcome]
     return items, [(label, str(outcome)) for label, outcome in outcomes if not isinstance(outcome, list)]
 

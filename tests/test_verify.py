@@ -301,3 +301,28 @@ def test_failed_check_marks_its_task_failed_and_the_run_keeps_every_finding(stac
     assert failed_tasks == ["check-notification[cloudtrail]"], states
     assert "notification" in (states["check-notification[cloudtrail]"].message or "")  # type: ignore[union-attr]
     assert not [log.message for log in logs if "Traceback" in log.message], "an expected failure is not a crash"
+
+
+def test_plain_calls_give_what_task_runs_give(prefect_server: None) -> None:
+    """A fleet account's checks run as plain calls (call_each); their items and errors match the task runs'."""
+    from prefect import flow, task
+    from prefect.cache_policies import NO_CACHE
+
+    from flows._common import call_each, concurrent_tasks, failing_when, gather
+
+    @task(cache_policy=NO_CACHE)
+    def step(items: list[str]) -> list[str]:
+        if not items:
+            raise RuntimeError("the check could not finish")
+        return items
+
+    checked = failing_when(step, lambda items: [i for i in items if i.startswith("bad")])
+    steps: list[tuple[str, Any, tuple[Any, ...]]] = [("passes", checked, (["a", "b"],)),
+                                                     ("fails", checked, (["bad c"],)), ("raises", checked, ([],))]
+
+    @flow(task_runner=concurrent_tasks())
+    def both() -> tuple[Any, Any]:
+        return call_each(steps), gather((label, task.submit(*args)) for label, task, args in steps)
+
+    plain, submitted = both()
+    assert plain == submitted == (["a", "b", "bad c"], [("raises", "the check could not finish")])
