@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast
 from uuid import UUID
 
-from prefect import Task, get_run_logger, runtime
+from prefect import Flow, Task, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -92,7 +92,7 @@ def target_run(fleet: Fleet, feed_names: list[str] | None, flow_name: str) -> Ru
                target=target if fleet.settings.fleet else None)
 
 
-def fleet_result(flow_name: str, fleet: Fleet, parameters: dict[str, Any], here: Callable[..., State[Any]]) -> Any:
+def fleet_result(flow_name: str, fleet: Fleet, parameters: dict[str, Any], here: Flow[..., Any]) -> Any:
     """A parent run's outcome: children through the pool, the coverage matrix, Failed naming failing accounts."""
     outcomes = fan_out(flow_name, fleet, parameters, here)
     message = report(flow_name, fleet, outcomes)

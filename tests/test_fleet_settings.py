@@ -267,3 +267,63 @@ def test_a_low_api_limit_spreads_an_accounts_calls_over_the_pool_and_they_all_co
     for _ in range(6):
         leased.iam.list_users(MaxItems=1)
     assert leasing.leases[api_limit_name(account, "iam")] < 6, "slots leased several at a time"
+
+
+def test_a_runs_accounts_start_one_at_a_time_then_work_together(prefect_server: None) -> None:
+    """OneStartAtATime against the real server (SQLite answers concurrent creates with 503s): while the first of
+    four accounts' subflows is starting (its on_running hook, polled for 2 s), no other is created; yet their
+    bodies run at once (all four meet at a barrier); a subflow that never reaches Running (bad parameters) does
+    not hold up the next."""
+    import contextvars
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prefect import flow, runtime
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.client.schemas.objects import FlowRun, State
+
+    from flows._fleet import OneStartAtATime
+
+    together = threading.Barrier(4, timeout=60)
+    first: list[str] = []
+    seen_while_first_started: set[str] = set()
+
+    def watch_the_first_start(flow: Any, flow_run: FlowRun, state: State[Any]) -> None:
+        if first or flow_run.parameters["name"] not in "abcd":
+            return
+        first.append(flow_run.parameters["name"])
+        parent = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent_id[0]]))
+        deadline = time.monotonic() + 2
+        with get_client(sync_client=True) as client:
+            while time.monotonic() < deadline and len(seen_while_first_started) < 2:
+                seen_while_first_started.update(str(run.parameters["name"]) for run in client.read_flow_runs(
+                    flow_run_filter=parent) if run.parameters.get("name") in list("abcd"))
+                time.sleep(0.1)  # the poll's interval
+
+    @flow(on_running=[watch_the_first_start])
+    def account(name: str) -> str:
+        together.wait()  # raises BrokenBarrierError unless all four bodies are running at once
+        return name
+
+    parent_id: list[Any] = []
+
+    @flow
+    def run_of_four() -> list[State[Any]]:
+        parent_id.append(runtime.flow_run.id)
+        starts = OneStartAtATime()
+        refused = starts.call(account, name={"not": "a name"})
+        assert refused.is_failed() and "parameters" in str(refused.message), refused
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures = [pool.submit(contextvars.copy_context().run, starts.call, account, name=name)
+                       for name in "abcd"]  # this run's context: subflows of it
+            return [future.result() for future in futures]
+
+    outcome: list[list[State[Any]]] = []
+    runner = threading.Thread(target=lambda: outcome.append(run_of_four()), daemon=True)
+    runner.start()
+    runner.join(timeout=120)
+    assert not runner.is_alive(), "an account waited for a start that never released"
+    assert [state.result() for state in outcome[0]] == ["a", "b", "c", "d"]
+    assert seen_while_first_started == set(first), "another account's run was created while the first started"
