@@ -7,10 +7,11 @@ server side, so it applies to the workers' child processes too) and the same che
 - fan-out: `prefect deployment run verify-feeds/daily` (one parent; child runs of `fleet.accounts_per_run`
   accounts each, worked on concurrently in threads, on two process workers; `fleet.max_concurrent_accounts`
   accounts at once).
-Prints fan-out/baseline (target <= 0.25), each worker's peak memory (the worker and its flow-run processes,
-summed, sampled every 0.25 s), the fixed cost of a child run: its time from created to finished not spent
-on its accounts (process start, imports, run bookkeeping, the exit), the whole stack's CPU seconds per account in
-each phase (how many of the cores the fan-out kept busy), and the pool-wide API limit's cost per call.
+Prints fan-out/baseline (target <= 0.25) and the floor this machine puts under it (the fan-out's CPU seconds,
+emulator and Prefect server included, spread over every core), each worker's peak memory (the worker and its
+flow-run processes, summed, sampled every 0.25 s), the fixed cost of a child run: its time from created to finished
+not spent on its accounts (process start, imports, run bookkeeping, the exit), the whole stack's CPU seconds per
+account in each phase (how many of the cores the fan-out kept busy), and the pool-wide API limit's cost per call.
 
     .venv/bin/python benchmarks/bench_fleet.py [--accounts 50] [--concurrency 16 50] [--per-run N]
 """
@@ -246,8 +247,11 @@ def main() -> None:
               f"{run.seconds / baseline:.2f}  (target <= 0.25)")
         if run.message:
             print(f"    failed: {run.message[:1500]}")
+        cores = os.cpu_count() or 1
         print(f"    the stack's CPU {run.cpu_seconds:.0f} s, {run.cpu_seconds / len(keys):.1f} s per account; "
-              f"{run.cpu_seconds / run.seconds:.2f} of {os.cpu_count()} cores busy on average")
+              f"{run.cpu_seconds / run.seconds:.2f} of {cores} cores busy on average; that CPU on every core with "
+              f"no wait at all would still take {run.cpu_seconds / cores:.1f} s: a floor of "
+              f"{run.cpu_seconds / cores / baseline:.2f}x on this machine")
         if run.children:
             print(f"    child run, created to finished: median {statistics.median(c.seconds for c in run.children):.1f}"
                   f" s, of which fixed (start, imports, bookkeeping, exit; not its accounts): median "
