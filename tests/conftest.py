@@ -94,6 +94,25 @@ def prefect_server() -> Iterator[LocalPrefect]:
     _PREFECT.stop()
 
 
+@pytest.fixture(autouse=True)
+def _firehose_streams_removed(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Delete the Firehose streams a test made in its worker's shared emulator: moto refuses a 51st stream in an
+    account and region (LimitExceededException), a worker's tests together make more, and no test reads another's.
+    Streams of longer-lived fixtures exist before this runs and stay."""
+    if "local_aws" not in request.fixturenames:
+        yield
+        return
+    firehose = request.getfixturevalue("local_aws").client("firehose")
+
+    def streams() -> set[str]:
+        return set(firehose.list_delivery_streams(Limit=10000)["DeliveryStreamNames"])
+
+    before = streams()
+    yield
+    for name in sorted(streams() - before):
+        firehose.delete_delivery_stream(DeliveryStreamName=name, AllowForceDelete=True)
+
+
 @pytest.fixture
 def prefect_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
     """Prefect's run loggers do not propagate by default; this lets a test read their text."""
