@@ -22,7 +22,7 @@ deploy: $(STAMP)  # to the server in PREFECT_API_URL: prefect.yaml and the alert
 	$(PY) -m deployments.deploy
 
 test: $(STAMP)
-	$(PY) -m pytest -n 3 --dist loadfile --durations=15  # tests mostly wait on servers: 3 workers on 2 cores, a file each; the slowest listed
+	$(PY) -m pytest -n 4 --dist loadfile --durations=15  # tests mostly wait on servers: 4 workers on 2 cores, a file each; the slowest listed
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
