@@ -22,6 +22,7 @@ takes a minute, not the collector's hours.
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import json
 import random
@@ -42,6 +43,11 @@ RECORDS = 3
 SAMPLE = 50
 LOST = 0.03
 LATENCY_MS = 50  # per AWS request, in the emulator: a round trip to S3 from a worker in the same region
+
+
+def subfolders(s3: Any, bucket: str, prefix: str) -> list[str]:
+    return [c["Prefix"] for c in s3.list_objects_v2(Bucket=bucket, Prefix=prefix, Delimiter="/").get(
+        "CommonPrefixes", [])]
 
 
 def body(log_type: str, origin: Any, stamp: datetime, n: int) -> tuple[str, str]:
@@ -109,10 +115,7 @@ def bare_loop(stack: LocalStack, settings: Any) -> tuple[float, float, int]:
             start = end - timedelta(hours=24)
             keys, listed = [], time.perf_counter()
             for layout in audit.listings(feed, settings.account_id, settings.region):
-                prefixes = [layout.prefix]
-                for _ in range(layout.discover_levels):
-                    prefixes = [c["Prefix"] for p in prefixes for c in s3.list_objects_v2(
-                        Bucket=feed.bucket, Prefix=p, Delimiter="/").get("CommonPrefixes", [])]
+                prefixes = layout.folders(functools.partial(subfolders, s3, feed.bucket))
                 for prefix in layout.day_prefixes(prefixes, audit.window_days(start, end)):
                     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=feed.bucket, Prefix=prefix):
                         keys += [o["Key"] for o in page.get("Contents", [])]

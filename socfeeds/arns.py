@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+CLOUDTRAIL_SERVICE = "cloudtrail.amazonaws.com"  # the service principal of trails and their linked role
+
 
 def partition(region: str) -> str:
     if region.startswith("cn-"):

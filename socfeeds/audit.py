@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from socfeeds.settings import (
     CloudFrontSource,
+    CloudTrailSource,
     FlowLogSource,
     FluentBitSource,
     RdsLogsSource,
@@ -143,12 +144,21 @@ def wilson(found: int, sampled: int, z: float = Z_95) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Listing:
-    """One S3 listing of a window: the prefix, how many folder levels below it to discover first (a CloudTrail
-    region, a resolver VPC of another account), then the day folders `YYYY/MM/DD/` under each."""
+    """One S3 listing of a window: the prefix, where each `*/` is a folder level discovered first (a CloudTrail
+    region, a resolver VPC of another account, an organization trail's accounts), then the day folders
+    `YYYY/MM/DD/` under each."""
 
     prefix: str
-    discover_levels: int = 0
     dated: bool = True  # False: the layout has no day folder (CloudFront): the prefix is listed and filtered
+
+    def folders(self, subfolders: Callable[[str], list[str]]) -> list[str]:
+        """The folders the prefix names, each `*/` expanded by `subfolders` (one delimited S3 listing: the
+        folders directly under a prefix, never the objects beneath)."""
+        first, *after_each_level = self.prefix.split("*/")
+        found = [first]
+        for after in after_each_level:
+            found = [folder + after for prefix in found for folder in subfolders(prefix)]
+        return found
 
     def day_prefixes(self, folders: Iterable[str], days: Iterable[datetime]) -> list[str]:
         if not self.dated:
@@ -171,7 +181,9 @@ def listings(feed: S3Feed, account_id: str, region: str) -> list[Listing]:
     """Where the feed's source writes, as AWS lays each format out (socfeeds.formats writes the same keys).
 
     CloudTrail: `AWSLogs/<acct>/CloudTrail/<region>/YYYY/MM/DD/` for every region of a multi-region trail (the
-    regions are discovered, one folder level). Flow logs: `.../vpcflowlogs/<region>/YYYY/MM/DD/`. Resolver:
+    regions are discovered, one folder level); an organization trail's member accounts under
+    `AWSLogs/<organization id>/<acct>/CloudTrail/<region>/` (accounts and regions discovered). Flow logs:
+    `.../vpcflowlogs/<region>/YYYY/MM/DD/`. Resolver:
     `.../vpcdnsquerylogs/<vpc>/YYYY/MM/DD/` (the VPC of another account discovered). A central archive's feed
     lists every source account. Fluent Bit: `<key_prefix>/YYYY/MM/DD/`; RDS through Firehose:
     `<key_prefix>/YYYY/MM/DD/`. CloudFront v2: `AWSLogs/<acct>/CloudFront/` (hours in the file name, no day
@@ -183,7 +195,7 @@ def listings(feed: S3Feed, account_id: str, region: str) -> list[Listing]:
         return [Listing(f"AWSLogs/{a}/vpcflowlogs/{region}/") for a in accounts]
     if isinstance(source, ResolverQueryLogSource):
         return [Listing(f"AWSLogs/{a}/vpcdnsquerylogs/{source.vpc_id}/") if a == account_id
-                else Listing(f"AWSLogs/{a}/vpcdnsquerylogs/", discover_levels=1) for a in accounts]
+                else Listing(f"AWSLogs/{a}/vpcdnsquerylogs/*/") for a in accounts]
     if isinstance(source, FluentBitSource | RdsLogsSource):
         return [Listing(source.key_prefix.strip("/") + "/")]
     if isinstance(source, CloudFrontSource):
@@ -191,7 +203,9 @@ def listings(feed: S3Feed, account_id: str, region: str) -> list[Listing]:
         return [Listing(f"AWSLogs/{account_id}/CloudFront/" + (f"{fixed}/" if fixed else ""), dated=False)]
     if source is None:
         return [Listing("", dated=False)]
-    return [Listing(f"AWSLogs/{a}/CloudTrail/", discover_levels=1) for a in accounts]  # CloudTrailSource
+    assert isinstance(source, CloudTrailSource)
+    organization = [Listing(f"AWSLogs/{source.organization_id}/*/CloudTrail/*/")] if source.organization_id else []
+    return [Listing(f"AWSLogs/{feed.trail_account(account_id)}/CloudTrail/*/"), *organization]
 
 
 def in_window(key: str, last_modified: datetime, start: datetime, settled_before: datetime,

@@ -66,6 +66,7 @@ class Origin:
     key_prefix: str = "logs"
     writer_role: str = "socfeeds-canary-writer"
     session_name: str = CANARY_AGENT
+    organization_id: str | None = None  # an organization trail writes under AWSLogs/<organization id>/<account>/
 
 
 def zone_id_prefix(region: str) -> str:
@@ -153,7 +154,8 @@ def cloudtrail(origin: Origin, marker: str, at: datetime) -> LogObject:
                        "clientProvidedHostHeader": f"sts.{region}.amazonaws.com"},
     }
     suffix = "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(16))
-    key = (f"AWSLogs/{acct}/CloudTrail/{region}/{_day(at)}/"
+    folder = f"{origin.organization_id}/{acct}" if origin.organization_id else acct
+    key = (f"AWSLogs/{folder}/CloudTrail/{region}/{_day(at)}/"
            f"{acct}_CloudTrail_{region}_{_stamp(at)}_{suffix}.json.gz")
     return _gzip(json.dumps({"Records": [record]}), key)
 

@@ -92,13 +92,19 @@ def source_write_statements(feed: S3Feed, settings: Settings) -> list[Statement]
     logs_prefix = f"{bucket_arn}/AWSLogs/{settings.account_id}/*"
     source = feed.source
     if isinstance(source, CloudTrailSource):
-        trail = {"aws:SourceArn": arns.trail(source.trail)}
+        # An organization trail also writes every member account under AWSLogs/<organization id>/ (CloudTrail User
+        # Guide, "Amazon S3 bucket policy for an organization trail"), from the account the trail lives in.
+        trail_account = feed.trail_account(settings.account_id)
+        trail = {"aws:SourceArn": Arns(settings.region, trail_account).trail(source.trail)}
         principal = {"Service": "cloudtrail.amazonaws.com"}
+        writes = [f"{bucket_arn}/AWSLogs/{trail_account}/*"]
+        if source.organization_id:
+            writes.append(f"{bucket_arn}/AWSLogs/{source.organization_id}/*")
         return [
             {"Sid": "SocfeedsCloudTrailAclCheck", "Effect": "Allow", "Principal": principal,
              "Action": "s3:GetBucketAcl", "Resource": bucket_arn, "Condition": {"StringEquals": trail}},
             {"Sid": "SocfeedsCloudTrailWrite", "Effect": "Allow", "Principal": principal,
-             "Action": "s3:PutObject", "Resource": logs_prefix,
+             "Action": "s3:PutObject", "Resource": writes if len(writes) > 1 else writes[0],
              "Condition": {"StringEquals": {"s3:x-amz-acl": "bucket-owner-full-control", **trail}}},
         ]
     if isinstance(source, FlowLogSource | ResolverQueryLogSource):
@@ -513,15 +519,18 @@ def key_service_statements(settings: Settings, feeds: Iterable[S3Feed]) -> list[
     statements: list[Statement] = []
     if feeds:
         statements.append(s3_notification_key_statement())
-    trails = sorted(arns.trail(f.source.trail) for f in feeds if isinstance(f.source, CloudTrailSource))
+    trail_feeds = [f for f in feeds if isinstance(f.source, CloudTrailSource)]
+    trails = sorted(Arns(settings.region, f.trail_account(settings.account_id)).trail(f.source.trail)
+                    for f in trail_feeds if isinstance(f.source, CloudTrailSource))
     if trails:
         principal = {"Service": "cloudtrail.amazonaws.com"}
+        contexts = sorted({f"arn:{arns.partition}:cloudtrail:*:{f.trail_account(settings.account_id)}:trail/*"
+                           for f in trail_feeds})
         statements += [
             {"Sid": "SocfeedsCloudTrailEncrypt", "Effect": "Allow", "Principal": principal,
              "Action": "kms:GenerateDataKey*", "Resource": "*",
              "Condition": {"StringEquals": {"aws:SourceArn": trails}, "StringLike": {
-                 "kms:EncryptionContext:aws:cloudtrail:arn": f"arn:{arns.partition}:cloudtrail:*:"
-                                                             f"{settings.account_id}:trail/*"}}},
+                 "kms:EncryptionContext:aws:cloudtrail:arn": contexts[0] if len(contexts) == 1 else contexts}}},
             {"Sid": "SocfeedsCloudTrailDescribeKey", "Effect": "Allow", "Principal": principal,
              "Action": "kms:DescribeKey", "Resource": "*", "Condition": {"StringEquals": {"aws:SourceArn": trails}}},
         ]

@@ -71,6 +71,10 @@ class CloudTrailSource(_Strict):
     adopted_trail: str | None = Field(
         None, description="Filled at the start of each run, not in settings: the trail that already delivers to the "
         "bucket under another name, which socfeeds adopts (bucket and key policies then name it).")
+    organization_id: str | None = Field(
+        None, pattern=r"^o-[a-z0-9]{10,32}$", description="An organization trail of this Organization (o-...): one "
+        "trail in the management account logs every member account, under AWSLogs/<organization id>/<account>/. In "
+        "the account whose bucket receives it, name the trail's account in the feed's source_accounts.")
 
     @property
     def trail(self) -> str:
@@ -244,7 +248,8 @@ class S3Feed(_Strict):
     slo: SloObjectives = SloObjectives()
     source_accounts: tuple[str, ...] = Field(
         (), description="A central log-archive bucket: other accounts whose flow logs or resolver query logs deliver "
-        "here; the bucket policy lets log delivery write under AWSLogs/<account>/ for each (and this account).")
+        "here (the bucket policy lets log delivery write under AWSLogs/<account>/ for each, and this account), or "
+        "the one account whose organization trail does (source.organization_id).")
     bucket_account: str | None = Field(
         None, description="The account that owns the bucket when it is not this one (a member account delivering "
         "to a central log-archive bucket): here socfeeds wires only the source to it; the bucket, queue and "
@@ -285,10 +290,30 @@ class S3Feed(_Strict):
 
     @model_validator(mode="after")
     def _delivery_sources_only(self) -> S3Feed:
-        if self.source_accounts and not isinstance(self.source, FlowLogSource | ResolverQueryLogSource):
-            raise ValueError("source_accounts: cross-account delivery is modelled for flow logs and resolver query "
-                             "logs (log delivery); for CloudTrail use one trail per account into its own bucket")
+        organization = isinstance(self.source, CloudTrailSource) and self.source.organization_id
+        delivered = isinstance(self.source, FlowLogSource | ResolverQueryLogSource)
+        if self.source_accounts and not (organization or delivered):
+            raise ValueError("source_accounts: cross-account delivery is modelled for flow logs, resolver query logs "
+                             "and organization trails (set source.organization_id); for any other CloudTrail use "
+                             "one trail per account into its own bucket")
+        if organization and len(self.source_accounts) > 1:
+            raise ValueError(f"source_accounts: an organization trail lives in one account (the management or "
+                             f"delegated administrator account), not {len(self.source_accounts)}")
+        if isinstance(self.source, CloudTrailSource) and self.bucket_account and not organization:
+            raise ValueError("bucket_account: a trail writes into another account's bucket here only as an "
+                             "organization trail (set source.organization_id)")
         return self
+
+    def trail_account(self, account_id: str) -> str:
+        """The account whose trail writes into this feed's bucket: an organization trail's account when it lives
+        elsewhere (source_accounts), else this one."""
+        return self.source_accounts[0] if isinstance(self.source, CloudTrailSource) and self.source_accounts \
+            else account_id
+
+    def wires_source(self, account_id: str) -> bool:
+        """Whether this account wires the feed's source: not when another account's organization trail writes
+        the bucket (that trail logs this account too)."""
+        return self.trail_account(account_id) == account_id
 
     @property
     def buckets(self) -> tuple[str, ...]:
@@ -805,7 +830,8 @@ def log_key_prefix(feed: S3Feed, account_id: str) -> str:
         return feed.source.key_prefix.strip("/") + "/"
     if feed.source is None:
         return ""
-    return f"AWSLogs/{account_id}/"
+    organization = isinstance(feed.source, CloudTrailSource) and feed.source.organization_id
+    return "AWSLogs/" if feed.source_accounts or organization else f"AWSLogs/{account_id}/"
 
 
 class SettingsError(ValueError, OnCallError):

@@ -47,7 +47,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from socfeeds import policies
-from socfeeds.arns import Arns
+from socfeeds.arns import CLOUDTRAIL_SERVICE, Arns
 from socfeeds.policies import Document, Statement
 from socfeeds.settings import (
     _PRINCIPAL_ARN_RE,
@@ -182,6 +182,11 @@ def _sources(feeds: Iterable[S3Feed], kind: type) -> list[Any]:
     return [feed.source for feed in feeds if isinstance(feed.source, kind)]
 
 
+def _trails(settings: Settings, feeds: Iterable[S3Feed]) -> list[CloudTrailSource]:
+    """The trails this account wires (not another account's organization trail writing its bucket)."""
+    return _sources((f for f in feeds if f.wires_source(settings.account_id)), CloudTrailSource)
+
+
 def _group(arns: Arns, name: str) -> str:
     """AWS authorises a log group's own actions on `log-group:NAME:*` (auth_fidelity.py has the sources)."""
     return f"{arns.log_group(name)}:*"
@@ -216,10 +221,13 @@ def _verify(settings: Settings) -> Grants:
     unscoped = {"sts:GetCallerIdentity", "iam:ListPolicies", "logs:DescribeLogGroups"}
     if s3:
         unscoped.add("cloudwatch:GetMetricData")  # the feed queues' AWS/SQS metrics: a stalled consumer shows by age
-    if _sources(s3, CloudTrailSource):
+    trails = _trails(settings, sourced)
+    if trails:
         unscoped.add("cloudtrail:DescribeTrails")
         grants.allow("SocfeedsVerifyTrails", ("cloudtrail:GetTrail", "cloudtrail:GetTrailStatus"),
                       [f"arn:{p}:cloudtrail:*:{account}:trail/*"])  # a multi-region trail's home may be elsewhere
+    if any(trail.organization_id for trail in trails):  # the Organization an organization trail needs
+        unscoped |= {"organizations:DescribeOrganization", "organizations:ListAWSServiceAccessForOrganization"}
     if _sources(sourced, FlowLogSource):
         unscoped.add("ec2:DescribeFlowLogs")
     if _sources(sourced, ResolverQueryLogSource):
@@ -381,10 +389,18 @@ def _provision_sources(grants: Grants, settings: Settings, arns: Arns, s3: list[
     trails, flow logs, query logging, CloudFront's delivery."""
     p, account, region = arns.partition, arns.account_id, arns.region
     unscoped: set[str] = set()
-    trails = [name for source in _sources(s3, CloudTrailSource) for name in (source.trail_name, source.adopted_trail)
-              if name]
+    sources = _trails(settings, s3)
+    trails = [name for source in sources for name in (source.trail_name, source.adopted_trail) if name]
     grants.allow("SocfeedsProvisionTrails", ("cloudtrail:CreateTrail", "cloudtrail:StartLogging",
                                              "cloudtrail:UpdateTrail"), [arns.trail(name) for name in trails])
+    if any(source.organization_id for source in sources):
+        # CloudTrail User Guide, "Prepare to create a trail for your organization": the Organization's accounts, and
+        # CloudTrail's service-linked role, which the first organization trail creates.
+        unscoped.add("organizations:ListAccounts")
+        linked = f"arn:{p}:iam::{account}:role/aws-service-role/{CLOUDTRAIL_SERVICE}/AWSServiceRoleForCloudTrail"
+        grants.allow("SocfeedsProvisionOrganizationTrail", ("iam:GetRole",), [linked])
+        grants.allow("SocfeedsProvisionCloudTrailLinkedRole", ("iam:CreateServiceLinkedRole",), [linked],
+                     {"StringEquals": {"iam:AWSServiceName": CLOUDTRAIL_SERVICE}})
     flow_logs = _sources(s3, FlowLogSource)
     if flow_logs:
         flow_log = f"arn:{p}:ec2:{region}:{account}:vpc-flow-log/*"

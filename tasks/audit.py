@@ -94,7 +94,7 @@ def window_objects(aws: AwsClients, settings: Settings, feed_name: str, start: d
 
     def discover(layout: tuple[str, audit.Listing]) -> list[tuple[str, str]]:
         bucket, listing = layout
-        folders = _discover(aws, bucket, [listing.prefix], listing.discover_levels)
+        folders = listing.folders(lambda prefix: _subfolders(aws, bucket, prefix))
         return [(bucket, prefix) for prefix in listing.day_prefixes(folders, days)]
 
     def listed(where: tuple[str, str]) -> list[WindowObject]:
@@ -120,15 +120,9 @@ def _list(aws: AwsClients, bucket: str, prefix: str) -> Iterator[WindowObject]:
             yield WindowObject(bucket, o["Key"], o["Size"], o["LastModified"])
 
 
-def _discover(aws: AwsClients, bucket: str, prefixes: list[str], levels: int) -> list[str]:
-    """The folders `levels` below each prefix (a trail's regions, another account's VPCs): one delimited listing
-    per level, never the objects beneath."""
-    for _ in range(levels):
-        prefixes = [common["Prefix"] for prefix in prefixes
-                    for page in aws.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix,
-                                                                                   Delimiter="/")
-                    for common in page.get("CommonPrefixes", [])]
-    return prefixes
+def _subfolders(aws: AwsClients, bucket: str, prefix: str) -> list[str]:
+    return [common["Prefix"] for page in aws.s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix, Delimiter="/") for common in page.get("CommonPrefixes", [])]
 
 
 def _utc(at: datetime) -> datetime:

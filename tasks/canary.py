@@ -208,7 +208,8 @@ def _origin(settings: Settings, feed: S3Feed, run_tag: str) -> formats.Origin:
     vpc = getattr(source, "vpc_id", None) or settings.vpc_id or "vpc-00000000"
     prefix = getattr(source, "key_prefix", "logs")
     return formats.Origin(settings.account_id, settings.region, vpc_id=vpc, key_prefix=prefix,
-                          writer_role=settings.canary.writer_role, session_name=_session_name(run_tag))
+                          writer_role=settings.canary.writer_role, session_name=_session_name(run_tag),
+                          organization_id=getattr(source, "organization_id", None))
 
 
 def _session_name(run_tag: str) -> str:

@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import TaskRunContext
 
-from socfeeds.arns import Arns
+from socfeeds.arns import CLOUDTRAIL_SERVICE, Arns
 from socfeeds.aws import AwsClients, absent_on, error_code
 from socfeeds.errors import OnCallError
 from socfeeds.formats import FLOW_LOG_FIELDS
@@ -154,27 +154,83 @@ class TrailState:
     others: list[dict[str, Any]]
     name_taken_by: dict[str, Any] | None
     status: dict[str, Any]
+    organization: OrganizationState | None = None  # read only for an organization trail
+
+
+@dataclass(frozen=True)
+class OrganizationState:
+    """What AWS needs before it makes an organization trail (CloudTrail User Guide, "Prepare to create a trail
+    for your organization"): the account in the Organization, and CloudTrail's trusted access enabled, which
+    only the management account can read (None elsewhere, e.g. a delegated administrator)."""
+
+    organization_id: str | None
+    management_account: str | None
+    trusted_access: bool | None
+
+
+def read_organization(aws: AwsClients, account_id: str) -> OrganizationState:
+    answer = absent_on({"AWSOrganizationsNotInUseException"}, aws.organizations.describe_organization)
+    if answer is None:
+        return OrganizationState(None, None, None)
+    organization = answer["Organization"]
+    management = str(organization.get("MasterAccountId"))
+    trusted = None
+    if management == account_id:
+        enabled = [service["ServicePrincipal"] for page in aws.organizations.get_paginator(
+            "list_aws_service_access_for_organization").paginate() for service in page["EnabledServicePrincipals"]]
+        trusted = CLOUDTRAIL_SERVICE in enabled
+    return OrganizationState(str(organization["Id"]), management, trusted)
 
 
 def read_trail(aws: AwsClients, settings: Settings, feed: S3Feed) -> TrailState:
     assert isinstance(feed.source, CloudTrailSource)
     declared = feed.source.trail_name
+    organization = read_organization(aws, settings.account_id) if feed.source.organization_id else None
     found = sorted(trails_to_bucket(aws, feed.bucket), key=lambda t: (t.get("Name") != declared,
                                                                       t.get("HomeRegion", settings.region)
                                                                       != settings.region))
     if not found:
         answer = absent_on({"TrailNotFoundException"}, aws.cloudtrail.get_trail, Name=declared)
-        return TrailState(None, [], dict(answer["Trail"]) if answer else None, {})
+        return TrailState(None, [], dict(answer["Trail"]) if answer else None, {}, organization)
     trail = found[0]
     status = aws.cloudtrail.get_trail_status(Name=str(trail.get("TrailARN") or trail["Name"]))
-    return TrailState(trail, found[1:], None, dict(status))
+    return TrailState(trail, found[1:], None, dict(status), organization)
 
 
 def _trail_shape(feed: S3Feed) -> dict[str, Any]:
     """With a feed key, the trail encrypts with it (SSE-KMS with the trail's encryption context)."""
     key = {"KmsKeyId": feed.kms_key_arn} if feed.kms_key_arn else {}
     return {"S3BucketName": feed.bucket, "IsMultiRegionTrail": True, "IncludeGlobalServiceEvents": True,
-            "LogFileValidationEnabled": True, **key}
+            "LogFileValidationEnabled": True, **key, **_organization_trail(feed)}
+
+
+def _organization_trail(feed: S3Feed) -> dict[str, bool]:
+    assert isinstance(feed.source, CloudTrailSource)
+    return {"IsOrganizationTrail": True} if feed.source.organization_id else {}
+
+
+def _organization_blockers(feed_name: str, feed: S3Feed, account_id: str,
+                           organization: OrganizationState | None) -> list[Step]:
+    """What AWS would refuse an organization trail for, each with the person's fix (an Organization-wide
+    setting is the Organization's owner's to change, never a feed's)."""
+    assert isinstance(feed.source, CloudTrailSource)
+    declared = feed.source.organization_id
+    if organization is None:
+        return []
+    where = f"s3_feeds.{feed_name}.source.organization_id"
+    if organization.organization_id is None:
+        return [Step("not in an organization", f"account {account_id} is in no AWS Organization, and {where} is "
+                     f"{declared}", fix=f"run the feed from the management account of {declared}, or remove {where}")]
+    if organization.organization_id != declared:
+        return [Step("another organization", f"account {account_id} is in {organization.organization_id}, not "
+                     f"{declared}", fix=f"set {where} to {organization.organization_id}")]
+    if organization.trusted_access is False:
+        return [Step("trusted access off", f"CloudTrail's trusted access is not enabled in {declared} (AWS refuses "
+                     "an organization trail without it: CloudTrailAccessNotEnabledException)",
+                     fix=f"in the management account, aws organizations enable-aws-service-access "
+                     f"--service-principal {CLOUDTRAIL_SERVICE} (Terraform: aws_service_access_principals of "
+                     "aws_organizations_organization)")]
+    return []
 
 
 def _trail_drift(feed: S3Feed, trail: Mapping[str, Any]) -> list[str]:
@@ -190,13 +246,18 @@ def plan_trail(aws: AwsClients, settings: Settings, feed_name: str, state: Trail
     declared = feed.source.trail_name
     settings_args: dict[str, Any] = {
         "S3BucketName": feed.bucket, "IsMultiRegionTrail": True, "IncludeGlobalServiceEvents": True,
-        "EnableLogFileValidation": True, **({"KmsKeyId": feed.kms_key_arn} if feed.kms_key_arn else {})}
+        "EnableLogFileValidation": True, **({"KmsKeyId": feed.kms_key_arn} if feed.kms_key_arn else {}),
+        **_organization_trail(feed)}
 
     def terraform(name: str) -> dict[str, Any]:
         return {"name": name, "s3_bucket_name": feed.bucket, "is_multi_region_trail": True,
                 "include_global_service_events": True, "enable_log_file_validation": True, "enable_logging": True,
-                **({"kms_key_id": feed.kms_key_arn} if feed.kms_key_arn else {})}
+                **({"kms_key_id": feed.kms_key_arn} if feed.kms_key_arn else {}),
+                **({"is_organization_trail": True} if _organization_trail(feed) else {})}
 
+    blockers = _organization_blockers(feed_name, feed, settings.account_id, state.organization)
+    if blockers:
+        return blockers
     if state.trail is None:
         if state.name_taken_by is not None:
             elsewhere = state.name_taken_by.get("S3BucketName")
@@ -228,13 +289,26 @@ def plan_trail(aws: AwsClients, settings: Settings, feed_name: str, state: Trail
 
 @ensure_source_wiring.register
 def _(source: CloudTrailSource, aws: AwsClients, settings: Settings, feed: S3Feed, changes: ChangesFor) -> None:
-    _apply(plan_trail(aws, settings, changes.feed, read_trail(aws, settings, feed)), changes)
+    if feed.wires_source(settings.account_id):
+        _apply(plan_trail(aws, settings, changes.feed, read_trail(aws, settings, feed)), changes)
 
 
 @check_source_wiring.register
 def _(source: CloudTrailSource, aws: AwsClients, settings: Settings, feed: S3Feed, check: FindingsFor) -> None:
+    if not feed.wires_source(settings.account_id):
+        trail_account = feed.trail_account(settings.account_id)
+        check.add("trail exists", Status.PASS, f"organization trail {source.trail} of account {trail_account} "
+                  f"writes here (that account's verify checks the trail; this bucket's policy admits it)")
+        return
     state = read_trail(aws, settings, feed)
     steps = plan_trail(aws, settings, check.feed, state)
+    if source.organization_id:
+        blockers = _organization_blockers(check.feed, feed, settings.account_id, state.organization)
+        check.expect("trail organization", not blockers, blockers[0].detail if blockers else
+                     f"the account is in {source.organization_id}, CloudTrail may make its organization trail",
+                     _fix(blockers))
+        if blockers:
+            return
     if state.trail is None:
         taken = f"; trail {source.trail_name} writes to s3://{state.name_taken_by.get('S3BucketName')}" \
             if state.name_taken_by else ""

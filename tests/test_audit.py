@@ -127,20 +127,44 @@ def feed_of(source: Any, **extra: Any) -> S3Feed:
 def test_listings_follow_each_formats_layout() -> None:
     acct, region = "123456789012", "eu-west-2"
     assert audit.listings(feed_of(CloudTrailSource()), acct, region) == [
-        audit.Listing(f"AWSLogs/{acct}/CloudTrail/", discover_levels=1)]
+        audit.Listing(f"AWSLogs/{acct}/CloudTrail/*/")]
+    organization = feed_of(CloudTrailSource(organization_id="o-a1b2c3d4e5"), source_accounts=("210987654321",))
+    assert audit.listings(organization, acct, region) == [  # the management account's own, then every member's
+        audit.Listing("AWSLogs/210987654321/CloudTrail/*/"), audit.Listing("AWSLogs/o-a1b2c3d4e5/*/CloudTrail/*/")]
     central = feed_of(FlowLogSource(vpc_id="vpc-0a1b2c3d"), source_accounts=("210987654321",))
     assert [x.prefix for x in audit.listings(central, acct, region)] == [
         f"AWSLogs/{acct}/vpcflowlogs/{region}/", f"AWSLogs/210987654321/vpcflowlogs/{region}/"]
     resolver = feed_of(ResolverQueryLogSource(vpc_id="vpc-0a1b2c3d"), source_accounts=("210987654321",))
     assert audit.listings(resolver, acct, region) == [
         audit.Listing(f"AWSLogs/{acct}/vpcdnsquerylogs/vpc-0a1b2c3d/"),
-        audit.Listing("AWSLogs/210987654321/vpcdnsquerylogs/", discover_levels=1)]
+        audit.Listing("AWSLogs/210987654321/vpcdnsquerylogs/*/")]
     assert audit.listings(feed_of(FluentBitSource(key_prefix="/logs/")), acct, region) == [audit.Listing("logs/")]
     assert audit.listings(feed_of(RdsLogsSource(key_prefix="rds/exports")), acct, region) == [
         audit.Listing("rds/exports/")]
     assert audit.listings(feed_of(CloudFrontSource(key_prefix="web/{DistributionId}/{yyyy}")), acct, region) == [
         audit.Listing(f"AWSLogs/{acct}/CloudFront/web/", dated=False)]
     assert audit.listings(feed_of(None), acct, region) == [audit.Listing("", dated=False)]
+
+
+def test_each_star_of_a_listing_is_one_folder_level_found() -> None:
+    org = "AWSLogs/o-a1b2c3d4e5/"
+    tree = {org: [f"{org}111111111111/", f"{org}222222222222/"],
+            f"{org}111111111111/CloudTrail/": [f"{org}111111111111/CloudTrail/eu-west-2/"],
+            f"{org}222222222222/CloudTrail/": [f"{org}222222222222/CloudTrail/us-east-1/",
+                                               f"{org}222222222222/CloudTrail/eu-west-2/"]}
+    asked: list[str] = []
+
+    def subfolders(prefix: str) -> list[str]:
+        asked.append(prefix)
+        return tree.get(prefix, [])
+
+    assert audit.Listing("AWSLogs/o-a1b2c3d4e5/*/CloudTrail/*/").folders(subfolders) == [
+        "AWSLogs/o-a1b2c3d4e5/111111111111/CloudTrail/eu-west-2/",
+        "AWSLogs/o-a1b2c3d4e5/222222222222/CloudTrail/us-east-1/",
+        "AWSLogs/o-a1b2c3d4e5/222222222222/CloudTrail/eu-west-2/"]
+    assert asked == ["AWSLogs/o-a1b2c3d4e5/", "AWSLogs/o-a1b2c3d4e5/111111111111/CloudTrail/",
+                     "AWSLogs/o-a1b2c3d4e5/222222222222/CloudTrail/"]  # CloudTrail-Digest/ is never listed
+    assert audit.Listing("logs/").folders(subfolders) == ["logs/"] and asked[-1].endswith("CloudTrail/")
 
 
 def test_the_window_lists_only_the_days_it_touches() -> None:
