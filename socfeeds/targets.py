@@ -127,12 +127,12 @@ def target_settings(settings: Settings, target: Target) -> Settings:
                             f"overrides are merged in:\n{describe_errors(invalid)}") from None
     if target.feeds is None:
         return rendered
-    unknown = sorted(set(target.feeds) - {*rendered.s3_feeds, *rendered.firehose_feeds})
+    unknown = sorted(set(target.feeds) - set(rendered.feed_names))
     if unknown:
         raise SettingsError(f"fleet account {target.label}: feeds {unknown} are not in the catalog")
     return rendered.model_copy(update={
-        "s3_feeds": {n: f for n, f in rendered.s3_feeds.items() if n in target.feeds},
-        "firehose_feeds": {n: f for n, f in rendered.firehose_feeds.items() if n in target.feeds}})
+        kind: {n: f for n, f in getattr(rendered, kind).items() if n in target.feeds}
+        for kind in ("s3_feeds", "delivering_feeds", "firehose_feeds")})
 
 
 def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

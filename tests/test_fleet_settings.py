@@ -13,7 +13,7 @@ from deployments.local.stack import LocalAws
 from flows._fleet import ChildOutcome, Fleet, summary
 from socfeeds.aws import AwsClients
 from socfeeds.policies import source_write_statements
-from socfeeds.settings import Settings, SettingsError
+from socfeeds.settings import Settings, SettingsError, log_key_prefix
 from socfeeds.targets import (
     OrgAccount,
     Target,
@@ -151,9 +151,43 @@ def test_a_central_archive_bucket_admits_each_member_and_a_member_wires_only_its
     assert member.select_feeds(["flows"]) == ["flows"] and member.s3_feed("flows").bucket_account == ARCHIVE
 
 
-def test_only_log_delivery_sources_deliver_across_accounts() -> None:
-    with pytest.raises(ValueError, match="cross-account delivery is modelled for flow logs and resolver"):
+def test_only_log_delivery_sources_and_organization_trails_deliver_across_accounts() -> None:
+    with pytest.raises(ValueError, match="cross-account delivery is modelled for flow logs, resolver query logs "
+                       "and organization trails"):
         Settings(**{**BASE, "s3_feeds": {"app": feed(source_accounts=[MEMBER])}})
+    with pytest.raises(ValueError, match="bucket_account: a trail writes into another account's bucket here only "
+                       "as an organization trail"):
+        Settings(**{**BASE, "s3_feeds": {"app": feed(source={"kind": "cloudtrail"}, bucket_account=MEMBER)}})
+    with pytest.raises(ValueError, match="an organization trail lives in one account"):
+        Settings(**{**BASE, "s3_feeds": {"app": feed(source={**ORG_TRAIL, "organization_id": ORG},
+                                                     source_accounts=[MEMBER, ARCHIVE])}})
+    with pytest.raises(ValueError, match=r"s3_feeds\.app\.source\.cloudtrail\.organization_id"):
+        Settings(**{**BASE, "s3_feeds": {"app": feed(source={**ORG_TRAIL, "organization_id": "org-1"})}})
+
+
+ORG, ORG_TRAIL = "o-a1b2c3d4e5", {"kind": "cloudtrail", "trail_name": "org-trail"}
+
+
+def test_an_organization_trail_writes_the_archive_from_the_management_account() -> None:
+    central = f"trail-archive-{ARCHIVE}"
+    trail = {"bucket": central, "source": {"organization_id": ORG}}
+    settings = fleet_settings([
+        {"account_id": MEMBER, "name": "management", "overrides": {"s3_feeds": {"trail": {
+            **trail, "bucket_account": ARCHIVE}}}},
+        {"account_id": ARCHIVE, "overrides": {"s3_feeds": {"trail": {**trail, "source_accounts": [MEMBER]}}}}],
+        s3_feeds={"trail": feed(bucket="trail-{account_id}", queue="trail", source=ORG_TRAIL)})
+    management, archive = (target_settings(settings, t) for t in declared_targets(settings))
+    wired = management.delivering_feeds["trail"]
+    assert "trail" not in management.s3_feeds and wired.wires_source(MEMBER), "the trail is made where it lives"
+    received = archive.s3_feeds["trail"]
+    assert not received.wires_source(ARCHIVE) and received.trail_account(ARCHIVE) == MEMBER
+    acl, write = source_write_statements(received, archive)
+    trail_arn = f"arn:aws:cloudtrail:eu-west-2:{MEMBER}:trail/org-trail"
+    assert acl["Condition"]["StringEquals"]["aws:SourceArn"] == trail_arn, "the trail of the management account"
+    assert write["Resource"] == [f"arn:aws:s3:::{central}/AWSLogs/{account}/*" for account in (MEMBER, ORG)]
+    assert write["Condition"]["StringEquals"] == {"s3:x-amz-acl": "bucket-owner-full-control",
+                                                  "aws:SourceArn": trail_arn}
+    assert log_key_prefix(received, ARCHIVE) == "AWSLogs/", "a notification filter may not hide members' keys"
 
 
 def _fleet(uncovered: str) -> Fleet:

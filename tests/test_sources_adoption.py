@@ -3,6 +3,7 @@ name, so provision neither duplicates them nor stops on a name that someone else
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -355,12 +356,31 @@ def test_declared_config_name_writing_elsewhere_no_longer_stops_the_feed(stack: 
 
 # --- CloudTrail ------------------------------------------------------------------------------
 
+def admit_trail(stack: Stack, bucket: str, trail: str, prefix: str = "") -> None:
+    """The platform's own statements for its trail, as AWS requires before it creates one into the bucket."""
+    s3, bucket_arn = stack.client("s3"), f"arn:aws:s3:::{bucket}"
+    try:
+        policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+    except ClientError:
+        policy = {"Version": "2012-10-17", "Statement": []}
+    source = {"aws:SourceArn": f"arn:aws:cloudtrail:eu-west-2:{ACCOUNT}:trail/{trail}"}
+    principal = {"Service": "cloudtrail.amazonaws.com"}
+    policy["Statement"] += [
+        {"Sid": "PlatformTrailAcl", "Effect": "Allow", "Principal": principal, "Action": "s3:GetBucketAcl",
+         "Resource": bucket_arn, "Condition": {"StringEquals": source}},
+        {"Sid": "PlatformTrailWrite", "Effect": "Allow", "Principal": principal, "Action": "s3:PutObject",
+         "Resource": f"{bucket_arn}/{prefix}AWSLogs/{ACCOUNT}/*",
+         "Condition": {"StringEquals": {**source, "s3:x-amz-acl": "bucket-owner-full-control"}}}]
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+
+
 def test_trail_under_a_foreign_name_is_adopted_and_converged_keeping_its_prefix(stack: Stack) -> None:
     aws, cloudtrail = stack.aws, stack.client("cloudtrail")
     wire(stack, aws, TRAIL)
     bucket = stack.settings.s3_feeds[TRAIL].bucket
     declared = stack.settings.s3_feeds[TRAIL].source.trail_name  # type: ignore[union-attr]
     theirs = f"platform-audit-{bucket}"
+    admit_trail(stack, bucket, theirs, "platform/")
     cloudtrail.create_trail(Name=theirs, S3BucketName=bucket, S3KeyPrefix="platform")  # one region, no validation
 
     with writes(aws) as made:
@@ -392,6 +412,7 @@ def test_declared_trail_serving_another_bucket_is_reported_never_redirected(stac
     declared = stack.settings.s3_feeds[TRAIL].source.trail_name  # type: ignore[union-attr]
     other = f"{stack.settings.s3_feeds[TRAIL].bucket[:58]}-old"
     s3.create_bucket(Bucket=other, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+    admit_trail(stack, other, declared)
     cloudtrail.create_trail(Name=declared, S3BucketName=other)
     with writes(aws) as made:
         changes = ensure_source.fn(aws, stack.settings, TRAIL, False)

@@ -14,6 +14,7 @@ from moto.server import ThreadedMotoServer
 
 from deployments.local import (
     auth_fidelity,
+    cloudtrail_fidelity,
     cloudwatch_fidelity,
     ec2_fidelity,
     faults,
@@ -37,6 +38,7 @@ def main() -> None:
     secrets_fidelity.apply()
     state_fidelity.apply()
     ec2_fidelity.apply()
+    cloudtrail_fidelity.apply()
     trust_fidelity.apply()
     stop_metrics = cloudwatch_fidelity.apply()
     faults.apply()  # a test fault injector, not a fidelity patch: off until a test or benchmark asks for a fault

@@ -26,6 +26,7 @@ from deployments.local.stack import (
     LocalAws,
     bootstrap_reader_key,
 )
+from socfeeds.arns import CLOUDTRAIL_SERVICE
 
 if TYPE_CHECKING:
     from deployments.local.stack import LocalXsiam
@@ -99,6 +100,7 @@ class LocalFleet:
         assert self.aws.admin is not None
         organizations = self.aws.client("organizations")
         self.organization_id = organizations.create_organization(FeatureSet="ALL")["Organization"]["Id"]
+        organizations.enable_aws_service_access(ServicePrincipal=CLOUDTRAIL_SERVICE)  # for its organization trail
         self.accounts = [FleetAccount(ACCOUNT_ID, TOOLING_NAME, self.aws.admin, 20, PLATFORM_CLUSTER)]
         for index in range(self.size - 1):
             name = member_name(index)
@@ -166,7 +168,7 @@ class LocalFleet:
             feed["additional_buckets"] = [per_account(b) for b in feed.get("additional_buckets", [])]
         accounts = [{"account_id": a.account_id, "name": a.name, "overrides": self._overrides(a, values, state_dir)}
                     for a in self.accounts]
-        archive_shape(accounts, fleet_values["s3_feeds"])
+        archive_shape(accounts, fleet_values["s3_feeds"], self.organization_id)
         fleet_values["fleet"] = {
             "role_name": FLEET_ROLE, "external_id": FLEET_EXTERNAL_ID,
             "organization": {"enabled": True, "uncovered": "warn"},  # listed in the matrix; the demo stays green
@@ -261,21 +263,36 @@ class LocalFleet:
 
 
 ARCHIVED_FEED = "vpc-flow-logs"
+ORGANIZATION_TRAIL_FEED = "cloudtrail"
 
 
-def archive_shape(accounts: list[dict[str, Any]], catalog: dict[str, Any]) -> None:
-    """The platform's central log archive, for flow logs: the second account's bucket receives its own and every
-    later account's flow logs (source_accounts); those accounts wire only their flow log to it (bucket_account).
-    The tooling account keeps its own bucket: both shapes side by side. Needs three accounts or more."""
-    if len(accounts) < 3 or ARCHIVED_FEED not in catalog:
+def archive_shape(accounts: list[dict[str, Any]], catalog: dict[str, Any], organization_id: str) -> None:
+    """The platform's central log archive (the second account), beside per-account feeds. Flow logs: the archive's
+    bucket receives its own and every later account's (source_accounts); those accounts wire only their flow log
+    to it (bucket_account), while the tooling account keeps its own bucket. CloudTrail: the tooling account, the
+    Organization's management account, makes the organization trail into the archive's bucket, which logs the
+    archive too; the later accounts keep their own account trail (a business unit not yet moved: its events
+    arrive twice until it drops its feed). Needs three accounts or more."""
+    if len(accounts) < 3:
         return
-    archive, members = accounts[1], accounts[2:]
-    bucket = catalog[ARCHIVED_FEED]["bucket"].replace("{account_id}", archive["account_id"])
-    feeds = archive["overrides"].setdefault("s3_feeds", {})
-    feeds.setdefault(ARCHIVED_FEED, {})["source_accounts"] = [m["account_id"] for m in members]
-    for member in members:
-        member["overrides"].setdefault("s3_feeds", {}).setdefault(ARCHIVED_FEED, {}).update(
-            {"bucket": bucket, "bucket_account": archive["account_id"]})
+    tooling, archive, members = accounts[0], accounts[1], accounts[2:]
+
+    def archive_bucket(feed: str) -> str:
+        return str(catalog[feed]["bucket"]).replace("{account_id}", archive["account_id"])
+
+    def override(account: dict[str, Any], feed: str, values: dict[str, Any]) -> None:
+        account["overrides"].setdefault("s3_feeds", {}).setdefault(feed, {}).update(values)
+
+    if ARCHIVED_FEED in catalog:
+        override(archive, ARCHIVED_FEED, {"source_accounts": [m["account_id"] for m in members]})
+        for member in members:
+            override(member, ARCHIVED_FEED, {"bucket": archive_bucket(ARCHIVED_FEED),
+                                             "bucket_account": archive["account_id"]})
+    if ORGANIZATION_TRAIL_FEED in catalog:
+        source = {"organization_id": organization_id}  # merged into the catalog's source
+        override(archive, ORGANIZATION_TRAIL_FEED, {"source_accounts": [tooling["account_id"]], "source": source})
+        override(tooling, ORGANIZATION_TRAIL_FEED, {"bucket": archive_bucket(ORGANIZATION_TRAIL_FEED),
+                                                    "bucket_account": archive["account_id"], "source": source})
 
 
 def per_account(bucket: str) -> str:
