@@ -150,6 +150,23 @@ def test_the_archive_admits_the_member_and_the_member_delivers_there(fleet: Flee
     assert bucket not in buckets, "the member made no bucket of its own for the archived feed"
 
 
+def test_the_management_accounts_organization_trail_writes_into_the_archive(fleet: Fleet) -> None:
+    archive = fleet.accounts.account("workload-a")
+    management = fleet.accounts.account("tooling")
+    settings = json.loads(fleet.stack.settings_file.read_text())
+    bucket = settings["s3_feeds"]["cloudtrail"]["bucket"].replace("{account_id}", archive.account_id)
+    [trail] = [t for t in fleet.accounts.client("tooling", "cloudtrail").describe_trails()["trailList"]
+               if t["S3BucketName"] == bucket]
+    assert trail["IsOrganizationTrail"] and trail["IsMultiRegionTrail"] and trail["LogFileValidationEnabled"]
+    assert fleet.accounts.client("workload-a", "cloudtrail").describe_trails()["trailList"] == [], \
+        "the archive makes no trail of its own: the organization trail logs it"
+    policy = json.loads(fleet.accounts.client("workload-a", "s3").get_bucket_policy(Bucket=bucket)["Policy"])
+    write = next(s for s in policy["Statement"] if s.get("Sid") == "SocfeedsCloudTrailWrite")
+    assert write["Resource"] == [f"arn:aws:s3:::{bucket}/AWSLogs/{folder}/*"
+                                 for folder in (management.account_id, fleet.accounts.organization_id)]
+    assert write["Condition"]["StringEquals"]["aws:SourceArn"] == trail["TrailARN"]
+
+
 def test_each_account_gets_its_role_documents_and_no_artifact_carries_the_external_id(fleet: Fleet) -> None:
     from deployments.local.fleet import FLEET_EXTERNAL_ID
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -230,6 +231,93 @@ def test_a_target_role_can_hold_the_least_privilege_policy_instead(fleet_stack: 
         assert fleet.role_policies[account.account_id] == "provision"
     finally:
         fleet.put_role_policies(values, "admin", [account.name])
+
+
+# --- CloudTrail as AWS has it (deployments/local/cloudtrail_fidelity.py): each refusal, then the same call accepted
+
+
+def trail_writes(bucket: str, trail_arn: str, *folders: str) -> dict[str, Any]:
+    principal, source = {"Service": "cloudtrail.amazonaws.com"}, {"aws:SourceArn": trail_arn}
+    return {"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": principal, "Action": "s3:GetBucketAcl", "Resource": f"arn:aws:s3:::{bucket}",
+         "Condition": {"StringEquals": source}},
+        {"Effect": "Allow", "Principal": principal, "Action": "s3:PutObject",
+         "Resource": [f"arn:aws:s3:::{bucket}/AWSLogs/{folder}/*" for folder in folders],
+         "Condition": {"StringEquals": {**source, "s3:x-amz-acl": "bucket-owner-full-control"}}}]}
+
+
+def refused_with(call: Callable[[], Any]) -> str:
+    with pytest.raises(ClientError) as refused:
+        call()
+    return error_code(refused.value)
+
+
+@pytest.fixture
+def trail_bucket(fleet_stack: LocalStack) -> Iterator[str]:
+    """A bucket of workload-a (the archive); the trails a test made are deleted after it."""
+    fleet = fleet_of(fleet_stack)
+    bucket = f"fidelity-trails-{uuid.uuid4().hex[:12]}"
+    fleet.client("workload-a", "s3").create_bucket(Bucket=bucket,
+                                                   CreateBucketConfiguration={"LocationConstraint": REGION})
+    yield bucket
+    for name in ("tooling", "workload-b"):
+        cloudtrail = fleet.client(name, "cloudtrail")
+        for trail in cloudtrail.describe_trails()["trailList"]:
+            if trail["S3BucketName"] == bucket:
+                cloudtrail.delete_trail(Name=trail["Name"])
+
+
+def admit(fleet_stack: LocalStack, bucket: str, policy: dict[str, Any]) -> None:
+    fleet_of(fleet_stack).client("workload-a", "s3").put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+
+
+def test_a_trail_writes_another_accounts_bucket_only_as_its_policy_admits(fleet_stack: LocalStack,
+                                                                           trail_bucket: str) -> None:
+    member = fleet_of(fleet_stack).account("workload-b")
+    cloudtrail = fleet_of(fleet_stack).client(member.name, "cloudtrail")
+    arn = f"arn:aws:cloudtrail:{REGION}:{member.account_id}:trail/fidelity-member"
+
+    def create(bucket: str = trail_bucket, **extra: Any) -> Any:
+        return cloudtrail.create_trail(Name="fidelity-member", S3BucketName=bucket, **extra)
+
+    assert refused_with(lambda: create(f"{trail_bucket}-none")) == "S3BucketDoesNotExistException"
+    assert refused_with(create) == "InsufficientS3BucketPolicyException", "no policy admits the trail"
+    admit(fleet_stack, trail_bucket, trail_writes(trail_bucket, f"{arn}-other", member.account_id))
+    assert refused_with(create) == "InsufficientS3BucketPolicyException", "the policy admits another trail"
+    admit(fleet_stack, trail_bucket, trail_writes(trail_bucket, arn, member.account_id))
+    assert refused_with(lambda: create(S3KeyPrefix="member")) == "InsufficientS3BucketPolicyException", \
+        "the policy admits AWSLogs/ at the bucket's root, not under a key prefix"
+    assert create()["S3BucketName"] == trail_bucket, "the bucket is another account's, its policy admits the trail"
+    assert refused_with(lambda: cloudtrail.update_trail(Name="fidelity-member", S3KeyPrefix="moved")) \
+        == "InsufficientS3BucketPolicyException", "moving the trail is checked as creating it"
+    assert cloudtrail.update_trail(Name="fidelity-member", IsMultiRegionTrail=True)["IsMultiRegionTrail"]
+
+
+def test_an_organization_trail_is_the_management_accounts_with_trusted_access(fleet_stack: LocalStack,
+                                                                                trail_bucket: str) -> None:
+    fleet = fleet_of(fleet_stack)
+    management, member = fleet.account("tooling"), fleet.account("workload-b")
+    organization = fleet.organization_id
+    for account in (management, member):
+        arn = f"arn:aws:cloudtrail:{REGION}:{account.account_id}:trail/fidelity-org"
+        admit(fleet_stack, trail_bucket, trail_writes(trail_bucket, arn, account.account_id, organization))
+    org_trail = {"Name": "fidelity-org", "S3BucketName": trail_bucket, "IsOrganizationTrail": True,
+                 "IsMultiRegionTrail": True}
+    assert refused_with(lambda: fleet.client(member.name, "cloudtrail").create_trail(**org_trail)) \
+        == "NotOrganizationMasterAccountException"
+    cloudtrail, organizations = fleet.client(management.name, "cloudtrail"), fleet.client(management.name,
+                                                                                          "organizations")
+    arn = f"arn:aws:cloudtrail:{REGION}:{management.account_id}:trail/fidelity-org"
+    admit(fleet_stack, trail_bucket, trail_writes(trail_bucket, arn, management.account_id))
+    assert refused_with(lambda: cloudtrail.create_trail(**org_trail)) == "InsufficientS3BucketPolicyException", \
+        "the members' folder AWSLogs/<organization id>/ is not admitted"
+    admit(fleet_stack, trail_bucket, trail_writes(trail_bucket, arn, management.account_id, organization))
+    organizations.disable_aws_service_access(ServicePrincipal="cloudtrail.amazonaws.com")
+    try:
+        assert refused_with(lambda: cloudtrail.create_trail(**org_trail)) == "CloudTrailAccessNotEnabledException"
+    finally:
+        organizations.enable_aws_service_access(ServicePrincipal="cloudtrail.amazonaws.com")
+    assert cloudtrail.create_trail(**org_trail)["IsOrganizationTrail"]
 
 
 # --- fault injection (deployments/local/faults.py), in the account no target covers: no collector polls it ---
