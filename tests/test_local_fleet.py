@@ -412,3 +412,39 @@ def test_the_fleet_needs_at_least_one_account(tmp_path: Path) -> None:
 
     with pytest.raises(StackError):
         LocalStack(tmp_path, with_prefect=False, fleet=-1)
+
+
+def test_the_trail_plan_reports_what_aws_would_refuse_an_organization_trail_for(fleet_stack: LocalStack,
+                                                                                values: dict[str, Any]) -> None:
+    """The management account's organization trail (tooling, into the archive): trusted access off, or settings
+    naming another Organization, is a finding with the person's fix, and provision attempts nothing."""
+    from socfeeds.report import Status
+    from tasks.sources import check_source, ensure_source
+
+    fleet = fleet_of(fleet_stack)
+    settings = settings_of(values)
+    [target] = [t for t in declared_targets(settings) if t.account_id == ACCOUNT_ID]
+    rendered = target_settings(settings, target)
+    assert "cloudtrail" in rendered.delivering_feeds, "the fleet's shape: the trail writes the archive's bucket"
+    aws = AwsClients.from_settings(rendered, session=session(fleet.assume(ACCOUNT_ID)))
+    organizations = fleet.client("tooling", "organizations")
+
+    def organization_finding(of: Settings) -> Any:
+        [found] = [f for f in check_source.fn(aws, of, "cloudtrail") if f.check == "trail organization"]
+        return found
+
+    organizations.disable_aws_service_access(ServicePrincipal="cloudtrail.amazonaws.com")
+    try:
+        off = organization_finding(rendered)
+        assert off.status is Status.FAIL and "trusted access is not enabled" in off.detail
+        assert "enable-aws-service-access --service-principal cloudtrail.amazonaws.com" in off.fix
+        assert [c.applied for c in ensure_source.fn(aws, rendered, "cloudtrail", False)] == [False]
+    finally:
+        organizations.enable_aws_service_access(ServicePrincipal="cloudtrail.amazonaws.com")
+    assert organization_finding(rendered).status is Status.PASS
+    feed = rendered.delivering_feeds["cloudtrail"]
+    elsewhere = rendered.model_copy(update={"delivering_feeds": {"cloudtrail": feed.model_copy(update={
+        "source": feed.source.model_copy(update={"organization_id": "o-zzzzzzzzzz"})})}})  # type: ignore[union-attr]
+    wrong = organization_finding(elsewhere)
+    assert wrong.status is Status.FAIL and f"is in {fleet.organization_id}, not o-zzzzzzzzzz" in wrong.detail
+    assert wrong.fix == f"set s3_feeds.cloudtrail.source.organization_id to {fleet.organization_id}"

@@ -421,3 +421,18 @@ def test_declared_trail_serving_another_bucket_is_reported_never_redirected(stac
     assert cloudtrail.get_trail(Name=declared)["Trail"]["S3BucketName"] == other
     failed = finding(check_source.fn(aws, stack.settings, TRAIL), "trail exists")
     assert failed.status is Status.FAIL and f"s3_feeds.{TRAIL}.source.trail_name" in failed.fix
+
+
+def test_an_organization_trail_outside_any_organization_is_reported_and_never_attempted(stack: Stack) -> None:
+    """The local single account is in no Organization: AWS would refuse the trail (OrganizationsNotInUse)."""
+    aws = stack.aws
+    wire(stack, aws, TRAIL)
+    set_source(stack, TRAIL, organization_id="o-a1b2c3d4e5")
+    with writes(aws) as made:
+        changes = ensure_source.fn(aws, stack.settings, TRAIL, False)
+    assert made == [] and actions(changes) == [("not in an organization", False)]
+    assert f"remove s3_feeds.{TRAIL}.source.organization_id" in changes[0].detail
+    failed = finding(check_source.fn(aws, stack.settings, TRAIL), "trail organization")
+    assert failed.status is Status.FAIL and "is in no AWS Organization" in failed.detail
+    assert "run the feed from the management account of o-a1b2c3d4e5" in failed.fix
+    assert [f.check for f in check_source.fn(aws, stack.settings, TRAIL)] == ["trail organization"]

@@ -190,6 +190,30 @@ def test_a_feed_delivering_into_another_accounts_bucket_gets_its_source_only() -
     assert not [r for r in wanted if "cp-central-flow-logs" in r]  # the bucket and queue are the other account's
 
 
+def test_an_organization_trail_gets_the_organization_reads_and_the_linked_role_where_it_is_made() -> None:
+    """The management account (its trail into the archive) reads the Organization and may create CloudTrail's
+    service-linked role; the archive, whose bucket the trail writes, gets neither, nor any trail write."""
+    declared = _settings(False, "user").declared
+    trail = {"log_type": "Audit Logs", "bucket": "cp-org-trail-999999999999", "queue": "cp-org-trail-xsiam",
+             "retention_days": 730, "source": {"kind": "cloudtrail", "trail_name": "org-trail",
+                                              "organization_id": "o-a1b2c3d4e5"}}
+    management = Settings(**{**declared, "s3_feeds": {"cloudtrail": {**trail, "bucket_account": "999999999999"}}})
+    archive = Settings(**{**declared, "account_id": "999999999999",
+                          "s3_feeds": {"cloudtrail": {**trail, "source_accounts": ["123456789012"]}}})
+    linked = "arn:aws:iam::123456789012:role/aws-service-role/cloudtrail.amazonaws.com/AWSServiceRoleForCloudTrail"
+    made = {name: target_role.documents(management, [TOOLING], EXTERNAL_ID)[name] for name in ("verify", "provision")}
+    assert {"organizations:DescribeOrganization", "organizations:ListAWSServiceAccessForOrganization"} \
+        <= actions_of(made["verify"])
+    wanted = wanted_by_resource(made["provision"])
+    assert {"cloudtrail:createtrail", "cloudtrail:updatetrail"} <= wanted[
+        "arn:aws:cloudtrail:eu-west-2:123456789012:trail/org-trail"]
+    assert {"iam:createservicelinkedrole", "iam:getrole"} <= wanted[linked]
+    assert {name: found for name, doc in made.items() if (found := lint("identity", doc))} == {}
+    received = target_role.documents(archive, [TOOLING], EXTERNAL_ID)
+    granted = actions_of(received["verify"]) | actions_of(received["provision"])
+    assert not {a for a in granted if a.startswith("organizations:") or a.startswith("cloudtrail:")}, granted
+
+
 def test_trust_names_exactly_the_tooling_principals_and_the_external_id() -> None:
     [statement] = target_role.trust_policy([TOOLING, TOOLING], EXTERNAL_ID)["Statement"]
     assert statement["Principal"] == {"AWS": [TOOLING]} and statement["Action"] == "sts:AssumeRole"
