@@ -1,17 +1,15 @@
 """CloudTrail trails as AWS has them. Local stack only; moto 5.2.5.
 
-1. A trail's bucket may be another account's: moto looks the bucket up in the trail's own account only and answers
-   S3BucketDoesNotExistException. AWS delivers into any bucket whose policy admits the trail, as a central log
-   archive's does (CloudTrail User Guide, "Receiving CloudTrail log files from multiple accounts" and "Amazon S3
-   bucket policy for an organization trail"); bucket names are global.
-2. AWS reads the bucket policy when a trail is created or pointed at a bucket and refuses it with
+1. AWS reads the bucket policy when a trail is created or pointed at a bucket and refuses it with
    InsufficientS3BucketPolicyException unless cloudtrail.amazonaws.com may call s3:GetBucketAcl on the bucket and
    s3:PutObject under `<prefix>/AWSLogs/<account>/` (an organization trail: also `<prefix>/AWSLogs/<organization
    id>/<account>/`) (CloudTrail API Reference, CreateTrail and UpdateTrail, "Errors"; CloudTrail User Guide,
    "Amazon S3 bucket policy for CloudTrail"). moto checks nothing. Evaluated here: the Allow statements for the
    service principal, their actions and resources, and the aws:SourceArn / aws:SourceAccount / s3:x-amz-acl
-   conditions CloudTrail's own requests satisfy; Deny statements are not evaluated.
-3. An organization trail: AWS refuses one outside an Organization (OrganizationsNotInUseException), from an account
+   conditions CloudTrail's own requests satisfy; Deny statements are not evaluated. A bucket of another account
+   (a central archive's) is found, as moto finds it (CloudTrail User Guide, "Receiving CloudTrail log files from
+   multiple accounts").
+2. An organization trail: AWS refuses one outside an Organization (OrganizationsNotInUseException), from an account
    that is not the Organization's management account (NotOrganizationMasterAccountException; a delegated
    administrator is not modelled), and while CloudTrail's trusted access is off (CloudTrailAccessNotEnabledException)
    (CloudTrail API Reference, CreateTrail, "Errors"). moto makes one anywhere.
@@ -27,6 +25,7 @@ from moto.cloudtrail.exceptions import S3BucketDoesNotExistException
 from moto.cloudtrail.models import CloudTrailBackend, Trail
 from moto.core.exceptions import JsonRESTError
 from moto.organizations.models import organizations_backends
+from moto.s3.exceptions import MissingBucket
 from moto.s3.models import FakeBucket, s3_backends
 
 SERVICE = "cloudtrail.amazonaws.com"
@@ -40,16 +39,11 @@ class TrailRefused(JsonRESTError):
         super().__init__(error, message)
 
 
-def _bucket(name: str, partition: str) -> FakeBucket:
-    owner = s3_backends.bucket_accounts.get(name)
-    if owner is None:
-        raise S3BucketDoesNotExistException(f"S3 bucket {name} does not exist!")
-    bucket_partition, account_id = owner
-    return s3_backends[account_id][bucket_partition or partition].buckets[name]
-
-
-def _check_bucket_exists(self: Trail) -> None:
-    _bucket(self.bucket_name, self.partition)
+def _bucket(name: str, account_id: str, partition: str) -> FakeBucket:
+    try:
+        return s3_backends[account_id][partition].get_bucket(name)  # any account's: bucket names are global
+    except MissingBucket:
+        raise S3BucketDoesNotExistException(f"S3 bucket {name} does not exist!") from None
 
 
 def _listed(value: Any) -> list[Any]:
@@ -102,7 +96,7 @@ def _check_organization(account_id: str, partition: str) -> str:
 
 def _check_policy(account_id: str, partition: str, trail_arn: str, bucket_name: str, prefix: str,
                   organization_id: str | None) -> None:
-    bucket = _bucket(bucket_name, partition)
+    bucket = _bucket(bucket_name, account_id, partition)
     policy = json.loads(bucket.policy) if bucket.policy else {}
     context = {"aws:sourcearn": trail_arn, "aws:sourceaccount": account_id, "s3:x-amz-acl": WRITE_ACL}
     base = f"arn:{partition}:s3:::{bucket_name}/" + (f"{prefix.strip('/')}/" if prefix else "") + "AWSLogs/"
@@ -147,6 +141,5 @@ def _update_trail(self: CloudTrailBackend, name: str, s3_bucket_name: str | None
 
 
 def apply() -> None:
-    Trail.check_bucket_exists = _check_bucket_exists  # type: ignore[method-assign]
     CloudTrailBackend.create_trail = _create_trail  # type: ignore[method-assign,assignment]
     CloudTrailBackend.update_trail = _update_trail  # type: ignore[method-assign,assignment]
