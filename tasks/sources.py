@@ -164,22 +164,20 @@ class OrganizationState:
     only the management account can read (None elsewhere, e.g. a delegated administrator)."""
 
     organization_id: str | None
-    management_account: str | None
     trusted_access: bool | None
 
 
 def read_organization(aws: AwsClients, account_id: str) -> OrganizationState:
     answer = absent_on({"AWSOrganizationsNotInUseException"}, aws.organizations.describe_organization)
     if answer is None:
-        return OrganizationState(None, None, None)
+        return OrganizationState(None, None)
     organization = answer["Organization"]
-    management = str(organization.get("MasterAccountId"))
     trusted = None
-    if management == account_id:
+    if organization.get("MasterAccountId") == account_id:
         enabled = [service["ServicePrincipal"] for page in aws.organizations.get_paginator(
             "list_aws_service_access_for_organization").paginate() for service in page["EnabledServicePrincipals"]]
         trusted = CLOUDTRAIL_SERVICE in enabled
-    return OrganizationState(str(organization["Id"]), management, trusted)
+    return OrganizationState(str(organization["Id"]), trusted)
 
 
 def read_trail(aws: AwsClients, settings: Settings, feed: S3Feed) -> TrailState:

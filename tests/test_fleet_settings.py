@@ -151,6 +151,16 @@ def test_a_central_archive_bucket_admits_each_member_and_a_member_wires_only_its
     assert member.select_feeds(["flows"]) == ["flows"] and member.s3_feed("flows").bucket_account == ARCHIVE
 
 
+def test_an_accounts_feed_list_may_name_a_feed_it_delivers_into_another_accounts_bucket() -> None:
+    settings = fleet_settings([{"account_id": MEMBER, "feeds": ["flows"], "overrides": {"s3_feeds": {"flows": {
+        "bucket": f"flows-archive-{ARCHIVE}", "bucket_account": ARCHIVE}}}}])
+    [member] = (target_settings(settings, t) for t in declared_targets(settings))
+    assert member.feed_names == ["flows"] and list(member.delivering_feeds) == ["flows"]
+    with pytest.raises(SettingsError, match=r"feeds \['nope'\] are not in the catalog"):
+        target_settings(fleet_settings([{"account_id": MEMBER, "feeds": ["nope"]}]),
+                        declared_targets(fleet_settings([{"account_id": MEMBER, "feeds": ["nope"]}]))[0])
+
+
 def test_only_log_delivery_sources_and_organization_trails_deliver_across_accounts() -> None:
     with pytest.raises(ValueError, match="cross-account delivery is modelled for flow logs, resolver query logs "
                        "and organization trails"):
