@@ -179,13 +179,16 @@ def stack(local_aws: LocalAws, standin: LocalXsiam, prefect_server: None, tmp_pa
     return Stack(local_aws, standin, values, settings_file)
 
 
-def prefect_events(prefix: str) -> list[dict[str, Any]]:
-    """Events this session emitted whose name starts with prefix (after the emitter has flushed)."""
+def prefect_events(prefix: str, drain: bool = True) -> list[dict[str, Any]]:
+    """Events this session emitted whose name starts with prefix. drain: flush the emitter first, which stops it:
+    only when no flow in this process is running (a flow thread emitting meanwhile loses its event, "Cannot put
+    items in a stopped service instance"); while one runs, poll without it (the emitter sends as it goes)."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter
     from prefect.events.worker import EventsWorker
 
-    EventsWorker.drain_all(timeout=5)
+    if drain:
+        EventsWorker.drain_all(timeout=5)
     events: list[dict[str, Any]] = []
     with get_client(sync_client=True) as client:
         page = client.read_events(filter=EventFilter(event=EventNameFilter(prefix=[prefix])), limit=50)

@@ -256,7 +256,8 @@ def artifact_of(state: Any) -> str:
 
 
 def rotation_events(step: str, **payload: str) -> list[dict[str, Any]]:
-    return [e for e in prefect_events(f"socfeeds.rotation.{step}")
+    """Polled while the rotation's flow thread may still emit: never drains (and so stops) its emitter."""
+    return [e for e in prefect_events(f"socfeeds.rotation.{step}", drain=False)
             if e["event"] == f"socfeeds.rotation.{step}" and payload.items() <= e["payload"].items()]
 
 
