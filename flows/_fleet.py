@@ -34,7 +34,7 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.deployments import run_deployment
 
 from socfeeds.aws import AwsClients, api_limit_name, pool_limits, session_name
-from socfeeds.settings import Settings, SettingsError, load_settings
+from socfeeds.settings import CloudTrailSource, Settings, SettingsError, load_settings
 from socfeeds.targets import (
     OrgAccount,
     Target,
@@ -50,7 +50,8 @@ CHILD_DEPLOYMENT = "per-account"
 ARCHIVES_FIRST = {"provision-feeds"}  # a member's source needs the archive's bucket to exist
 ROWS_OF = {"rotate-reader-keys": ["reader"]}  # a flow whose per-account table is not one row per feed
 FAILING = {"fail", "missing"}
-RANK = {"fail": 0, "missing": 1, "warn": 2, "pass": 3, "not declared": 4}
+ORGANIZATION_TRAIL = "organization trail"  # the cell of an account another target's organization trail logs
+RANK = {"fail": 0, "missing": 1, "warn": 2, "pass": 3, ORGANIZATION_TRAIL: 4, "not declared": 4}
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,14 @@ class Fleet:
 
     def catalog(self, target: Target) -> list[str]:
         return self.rendered[target.key].feed_names
+
+    @property
+    def organization_trails(self) -> frozenset[str]:
+        """Feeds a target declares as an organization trail: it logs every account of the Organization, so an
+        account without that feed is covered by it, not missing it."""
+        return frozenset(name for target in self.rendered.values()
+                         for name, feed in {**target.s3_feeds, **target.delivering_feeds}.items()
+                         if isinstance(feed.source, CloudTrailSource) and feed.source.organization_id)
 
     @property
     def archives(self) -> frozenset[str]:
@@ -277,7 +286,8 @@ def feed_tables(flow_name: str, run_ids: list[UUID]) -> dict[UUID, dict[str, tup
 def matrix(fleet: Fleet, outcomes: list[ChildOutcome], flow_name: str = ""
            ) -> tuple[list[str], list[tuple[ChildOutcome, list[str]]]]:
     """Feeds (columns) and, per target, each feed's cell: its status, `missing` (declared, no result: the
-    child crashed or never got to it), or `not declared`. Targets with failures first."""
+    child crashed or never got to it), `organization trail` (not declared here, logged by another target's
+    organization trail), or `not declared`. Targets with failures first."""
 
     def declared(target: Target) -> list[str]:
         return ROWS_OF.get(flow_name) or fleet.catalog(target)
@@ -287,7 +297,8 @@ def matrix(fleet: Fleet, outcomes: list[ChildOutcome], flow_name: str = ""
     for outcome in outcomes:
         expected = set(declared(outcome.target)) | set(outcome.feeds)
         rows.append((outcome, [outcome.feeds[f][0] if f in outcome.feeds else "missing" if f in expected
-                               else "not declared" for f in feeds]))
+                               else ORGANIZATION_TRAIL if f in fleet.organization_trails else "not declared"
+                               for f in feeds]))
     rows.sort(key=lambda row: min((RANK[c] for c in row[1]), default=RANK["pass"]))
     return feeds, rows
 

@@ -200,6 +200,25 @@ def test_an_organization_trail_writes_the_archive_from_the_management_account() 
     assert log_key_prefix(received, ARCHIVE) == "AWSLogs/", "a notification filter may not hide members' keys"
 
 
+def test_the_matrix_shows_an_account_without_the_trail_feed_as_logged_by_the_organization_trail() -> None:
+    trail = {"bucket": f"trail-archive-{ARCHIVE}", "source": {"organization_id": ORG}}
+    other = "444444444444"
+    settings = fleet_settings([
+        {"account_id": MEMBER, "overrides": {"s3_feeds": {"trail": {**trail, "bucket_account": ARCHIVE}}}},
+        {"account_id": ARCHIVE, "overrides": {"s3_feeds": {"trail": {**trail, "source_accounts": [MEMBER]}}}},
+        {"account_id": other, "feeds": ["app"]}],
+        s3_feeds={"app": feed(), "trail": feed(bucket="trail-{account_id}", queue="trail", source=ORG_TRAIL)})
+    targets = declared_targets(settings)
+    fleet = Fleet(settings, AwsClients(boto3.session.Session(), "eu-west-2"), targets, [],
+                  {t.key: target_settings(settings, t) for t in targets})
+    assert fleet.organization_trails == {"trail"}
+    outcomes = [ChildOutcome(t, "run", "Completed", "", {name: ("pass", "") for name in fleet.catalog(t)})
+                for t in targets]
+    markdown, message = summary("verify-feeds", fleet, outcomes)
+    assert f"| {other}/eu-west-2 | run (Completed) | pass | not declared | organization trail |" in markdown
+    assert message is None, "an account the organization trail logs is not failing"
+
+
 def _fleet(uncovered: str) -> Fleet:
     settings = fleet_settings([{"account_id": ARCHIVE, "name": "log-archive"}, {"account_id": MEMBER}], fleet={
         "external_id": "x", "accounts": [{"account_id": ARCHIVE, "name": "log-archive"}, {"account_id": MEMBER}],
