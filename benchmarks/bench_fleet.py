@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 from deployments.local.fleet import FLEET_EXTERNAL_ID
-from deployments.local.processes import ManagedProcess
+from deployments.local.processes import ManagedProcess, stop_together
 from deployments.local.stack import LocalStack, prefect_api, run_deployment
 
 if TYPE_CHECKING:
@@ -234,8 +234,7 @@ def main() -> None:
             baseline, baseline_cpu = time.monotonic() - started, stack_cpu_seconds() - cpu
             runs = [fan_out(stack, env, workers, concurrency, args.per_run) for concurrency in args.concurrency]
         finally:
-            for worker in workers:
-                worker.stop()
+            stop_together(workers)
     print(f"verify-feeds, {len(keys)} accounts x 5 feeds, {LATENCY_MS} ms per AWS call, {os.cpu_count()} cores:")
     print(f"  baseline, account by account in one process: {baseline:7.1f} s "
           f"(median {statistics.median(per_account):.2f} s per account); the stack's CPU {baseline_cpu:.0f} s, "

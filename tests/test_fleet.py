@@ -20,7 +20,7 @@ from test_deployments import run_id_of
 
 from deployments.local.demo import latest_artifact
 from deployments.local.fleet import ARCHIVED_FEED, LocalFleet
-from deployments.local.processes import ManagedProcess
+from deployments.local.processes import ManagedProcess, stop_together
 from deployments.local.stack import LocalStack, prefect_api, run_deployment
 from socfeeds.aws import api_limit_name
 
@@ -119,8 +119,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             stack.hand_reader_keys_to_xsiam()
             yield Fleet(stack, env, workers)
         finally:
-            for worker in workers:
-                worker.stop()
+            stop_together(workers)
 
 
 def test_three_accounts_are_provisioned_verified_and_canaried_from_one_run_each_across_two_workers(

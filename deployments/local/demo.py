@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from deployments.local.processes import StackError
+from deployments.local.processes import StackError, stop_together
 from deployments.local.stack import LocalStack, prefect_api, run_deployment
 
 if TYPE_CHECKING:
@@ -87,8 +87,7 @@ def main() -> int:
                 signal.pause()
             return status
         finally:
-            for worker in workers:
-                worker.stop()
+            stop_together(workers)
 
 
 def run_main_job(stack: LocalStack, env: dict[str, str]) -> int:
