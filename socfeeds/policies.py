@@ -95,7 +95,7 @@ def source_write_statements(feed: S3Feed, settings: Settings) -> list[Statement]
         # An organization trail also writes every member account under AWSLogs/<organization id>/ (CloudTrail User
         # Guide, "Amazon S3 bucket policy for an organization trail"), from the account the trail lives in.
         trail_account = feed.trail_account(settings.account_id)
-        trail = {"aws:SourceArn": Arns(settings.region, trail_account).trail(source.trail)}
+        trail = {"aws:SourceArn": feed.trail_arn(settings.account_id, settings.region)}
         principal = {"Service": "cloudtrail.amazonaws.com"}
         writes = [f"{bucket_arn}/AWSLogs/{trail_account}/*"]
         if source.organization_id:
@@ -520,8 +520,7 @@ def key_service_statements(settings: Settings, feeds: Iterable[S3Feed]) -> list[
     if feeds:
         statements.append(s3_notification_key_statement())
     trail_feeds = [f for f in feeds if isinstance(f.source, CloudTrailSource)]
-    trails = sorted(Arns(settings.region, f.trail_account(settings.account_id)).trail(f.source.trail)
-                    for f in trail_feeds if isinstance(f.source, CloudTrailSource))
+    trails = sorted(f.trail_arn(settings.account_id, settings.region) for f in trail_feeds)
     if trails:
         principal = {"Service": "cloudtrail.amazonaws.com"}
         contexts = sorted({f"arn:{arns.partition}:cloudtrail:*:{f.trail_account(settings.account_id)}:trail/*"

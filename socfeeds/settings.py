@@ -38,6 +38,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from socfeeds.arns import Arns
 from socfeeds.assurance import AuditSettings, SloObjectives
 from socfeeds.errors import OnCallError
 from socfeeds.fleet import FleetSettings
@@ -75,6 +76,16 @@ class CloudTrailSource(_Strict):
         None, pattern=r"^o-[a-z0-9]{10,32}$", description="An organization trail of this Organization (o-...): one "
         "trail in the management account logs every member account, under AWSLogs/<organization id>/<account>/. In "
         "the account whose bucket receives it, name the trail's account in the feed's source_accounts.")
+    home_region: str | None = Field(
+        None, description="Where the trail of another account (source_accounts) lives, when not in this account's "
+        "region: the bucket and key policies name it by its ARN, which carries its home region.")
+
+    @field_validator("home_region")
+    @classmethod
+    def _home_region(cls, value: str | None) -> str | None:
+        if value is not None and value not in known_regions():
+            raise ValueError(f"unknown AWS region {value!r}")
+        return value
 
     @property
     def trail(self) -> str:
@@ -303,6 +314,13 @@ class S3Feed(_Strict):
             raise ValueError("bucket_account: a trail writes into another account's bucket here only as an "
                              "organization trail (set source.organization_id)")
         return self
+
+    def trail_arn(self, account_id: str, region: str) -> str:
+        """The ARN of the trail that writes into this feed's bucket (this account's, or another's in its home
+        region), as the bucket and key policies name it in aws:SourceArn."""
+        assert isinstance(self.source, CloudTrailSource)
+        home = self.source.home_region if self.source_accounts else None
+        return Arns(home or region, self.trail_account(account_id)).trail(self.source.trail)
 
     def trail_account(self, account_id: str) -> str:
         """The account whose trail writes into this feed's bucket: an organization trail's account when it lives

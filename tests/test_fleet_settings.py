@@ -198,6 +198,12 @@ def test_an_organization_trail_writes_the_archive_from_the_management_account() 
     assert write["Condition"]["StringEquals"] == {"s3:x-amz-acl": "bucket-owner-full-control",
                                                   "aws:SourceArn": trail_arn}
     assert log_key_prefix(received, ARCHIVE) == "AWSLogs/", "a notification filter may not hide members' keys"
+    elsewhere = received.model_copy(update={"source": received.source.model_copy(  # type: ignore[union-attr]
+        update={"home_region": "us-east-1"})})
+    assert elsewhere.trail_arn(ARCHIVE, "eu-west-2") == f"arn:aws:cloudtrail:us-east-1:{MEMBER}:trail/org-trail", \
+        "a trail homed in another region is named by its own ARN"
+    with pytest.raises(ValueError, match=r"home_region\n.*unknown AWS region 'mars-1'"):
+        Settings(**{**BASE, "s3_feeds": {"app": feed(source={**ORG_TRAIL, "home_region": "mars-1"})}})
 
 
 def test_the_matrix_shows_an_account_without_the_trail_feed_as_logged_by_the_organization_trail() -> None:
