@@ -34,7 +34,7 @@ from prefect.client.schemas.objects import FlowRun, State
 from prefect.deployments import run_deployment
 
 from socfeeds.aws import AwsClients, api_limit_name, pool_limits, session_name
-from socfeeds.settings import CloudTrailSource, Settings, SettingsError, load_settings
+from socfeeds.settings import Settings, SettingsError, load_settings
 from socfeeds.targets import (
     OrgAccount,
     Target,
@@ -77,7 +77,7 @@ class Fleet:
         account without that feed is covered by it, not missing it."""
         return frozenset(name for target in self.rendered.values()
                          for name, feed in {**target.s3_feeds, **target.delivering_feeds}.items()
-                         if isinstance(feed.source, CloudTrailSource) and feed.source.organization_id)
+                         if feed.organization_id)
 
     @property
     def archives(self) -> frozenset[str]:

@@ -301,7 +301,7 @@ class S3Feed(_Strict):
 
     @model_validator(mode="after")
     def _delivery_sources_only(self) -> S3Feed:
-        organization = isinstance(self.source, CloudTrailSource) and self.source.organization_id
+        organization = self.organization_id
         delivered = isinstance(self.source, FlowLogSource | ResolverQueryLogSource)
         if self.source_accounts and not (organization or delivered):
             raise ValueError("source_accounts: cross-account delivery is modelled for flow logs, resolver query logs "
@@ -314,6 +314,11 @@ class S3Feed(_Strict):
             raise ValueError("bucket_account: a trail writes into another account's bucket here only as an "
                              "organization trail (set source.organization_id)")
         return self
+
+    @property
+    def organization_id(self) -> str | None:
+        """The Organization this feed's organization trail logs; None for any other source."""
+        return self.source.organization_id if isinstance(self.source, CloudTrailSource) else None
 
     def trail_arn(self, account_id: str, region: str) -> str:
         """The ARN of the trail that writes into this feed's bucket (this account's, or another's in its home
@@ -848,8 +853,7 @@ def log_key_prefix(feed: S3Feed, account_id: str) -> str:
         return feed.source.key_prefix.strip("/") + "/"
     if feed.source is None:
         return ""
-    organization = isinstance(feed.source, CloudTrailSource) and feed.source.organization_id
-    return "AWSLogs/" if feed.source_accounts or organization else f"AWSLogs/{account_id}/"
+    return "AWSLogs/" if feed.source_accounts or feed.organization_id else f"AWSLogs/{account_id}/"
 
 
 class SettingsError(ValueError, OnCallError):

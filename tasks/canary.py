@@ -209,7 +209,7 @@ def _origin(settings: Settings, feed: S3Feed, run_tag: str) -> formats.Origin:
     prefix = getattr(source, "key_prefix", "logs")
     return formats.Origin(settings.account_id, settings.region, vpc_id=vpc, key_prefix=prefix,
                           writer_role=settings.canary.writer_role, session_name=_session_name(run_tag),
-                          organization_id=getattr(source, "organization_id", None))
+                          organization_id=feed.organization_id)
 
 
 def _session_name(run_tag: str) -> str:

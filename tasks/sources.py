@@ -183,7 +183,7 @@ def read_organization(aws: AwsClients, account_id: str) -> OrganizationState:
 def read_trail(aws: AwsClients, settings: Settings, feed: S3Feed) -> TrailState:
     assert isinstance(feed.source, CloudTrailSource)
     declared = feed.source.trail_name
-    organization = read_organization(aws, settings.account_id) if feed.source.organization_id else None
+    organization = read_organization(aws, settings.account_id) if feed.organization_id else None
     found = sorted(trails_to_bucket(aws, feed.bucket), key=lambda t: (t.get("Name") != declared,
                                                                       t.get("HomeRegion", settings.region)
                                                                       != settings.region))
@@ -203,16 +203,14 @@ def _trail_shape(feed: S3Feed) -> dict[str, Any]:
 
 
 def _organization_trail(feed: S3Feed) -> dict[str, bool]:
-    assert isinstance(feed.source, CloudTrailSource)
-    return {"IsOrganizationTrail": True} if feed.source.organization_id else {}
+    return {"IsOrganizationTrail": True} if feed.organization_id else {}
 
 
 def _organization_blockers(feed_name: str, feed: S3Feed, account_id: str,
                            organization: OrganizationState | None) -> list[Step]:
     """What AWS would refuse an organization trail for, each with the person's fix (an Organization-wide
     setting is the Organization's owner's to change, never a feed's)."""
-    assert isinstance(feed.source, CloudTrailSource)
-    declared = feed.source.organization_id
+    declared = feed.organization_id
     if organization is None:
         return []
     where = f"s3_feeds.{feed_name}.source.organization_id"
