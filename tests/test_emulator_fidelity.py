@@ -295,3 +295,21 @@ def test_an_assumed_role_session_needs_the_grant_too(local_aws: LocalAws, encryp
     iam.put_role_policy(RoleName=role, PolicyName="key", PolicyDocument=json.dumps(
         {"Version": "2012-10-17", "Statement": [_allow(["kms:GenerateDataKey"], [encrypted.key_arn])]}))
     s3.put_object(Bucket=encrypted.bucket, Key="by-role", Body=b"x")
+
+
+def test_condition_operators_match_as_iam_documents_them() -> None:
+    """deployments/local/policy_conditions, shared by the trust and CloudTrail patches (IAM User Guide, "Condition
+    operators"): exact String forms, wildcards in the Like forms and in both Arn forms, the Not forms negated."""
+    from deployments.local.policy_conditions import ARN_OPERATORS, STRING_OPERATORS, allows_action, listed
+
+    arn = "arn:aws:cloudtrail:eu-west-2:111122223333:trail/org"
+    assert STRING_OPERATORS["StringEquals"](arn, [arn]) and not STRING_OPERATORS["StringEquals"](arn, ["arn:*"])
+    assert STRING_OPERATORS["StringLike"](arn, ["arn:aws:cloudtrail:*:111122223333:trail/*"])
+    assert not STRING_OPERATORS["StringNotEquals"](arn, [arn]) and STRING_OPERATORS["StringNotEquals"](arn, ["x"])
+    assert not STRING_OPERATORS["StringNotLike"](arn, ["arn:*"])
+    for name in ("ArnEquals", "ArnLike"):
+        assert ARN_OPERATORS[name](arn, ["arn:aws:cloudtrail:*:111122223333:trail/org"])
+        assert not ARN_OPERATORS[name](arn, ["arn:aws:cloudtrail:*:444455556666:trail/org"])
+    assert not ARN_OPERATORS["ArnNotLike"](arn, ["arn:aws:cloudtrail:*"])
+    assert allows_action(["s3:Get*", "s3:PutObject"], "s3:putobject") and not allows_action("s3:Get*", "s3:PutObject")
+    assert listed("a") == ["a"] and listed(["a", "b"]) == ["a", "b"]

@@ -28,7 +28,10 @@ from moto.organizations.models import organizations_backends
 from moto.s3.exceptions import MissingBucket
 from moto.s3.models import FakeBucket, s3_backends
 
+from deployments.local.policy_conditions import ARN_OPERATORS, STRING_OPERATORS, allows_action, listed
+
 SERVICE = "cloudtrail.amazonaws.com"
+OPERATORS = {**STRING_OPERATORS, **ARN_OPERATORS}
 WRITE_ACL = "bucket-owner-full-control"  # what CloudTrail sets on every object it writes
 
 
@@ -46,34 +49,31 @@ def _bucket(name: str, account_id: str, partition: str) -> FakeBucket:
         raise S3BucketDoesNotExistException(f"S3 bucket {name} does not exist!") from None
 
 
-def _listed(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
-
-
 def _conditions_hold(condition: dict[str, Any], context: dict[str, str]) -> bool:
+    """Every condition holds for CloudTrail's request; a key it does not carry fails unless `IfExists`, and an
+    operator not modelled (numeric, date, Bool) fails."""
     for operator, tests in condition.items():
-        like = "Like" in operator
+        compare = OPERATORS.get(operator.removesuffix("IfExists"))
         for key, wanted in tests.items():
             actual = context.get(key.lower())
             if actual is None:
                 if operator.endswith("IfExists"):
                     continue
                 return False
-            values = [str(v) for v in _listed(wanted)]
-            if not any(fnmatchcase(actual, v) if like else actual == v for v in values):
+            if compare is None or not compare(actual, [str(v) for v in listed(wanted)]):
                 return False
     return True
 
 
 def _allows(policy: dict[str, Any], action: str, resource: str, context: dict[str, str]) -> bool:
-    for statement in _listed(policy.get("Statement", [])):
+    for statement in listed(policy.get("Statement", [])):
         principal = statement.get("Principal")
-        services = _listed(principal.get("Service", [])) if isinstance(principal, dict) else []
+        services = listed(principal.get("Service", [])) if isinstance(principal, dict) else []
         if statement.get("Effect") != "Allow" or (principal != "*" and SERVICE not in services):
             continue
-        if not any(fnmatchcase(action.lower(), str(a).lower()) for a in _listed(statement.get("Action", []))):
+        if not allows_action(statement.get("Action", []), action):
             continue
-        if not any(fnmatchcase(resource, str(r)) for r in _listed(statement.get("Resource", []))):
+        if not any(fnmatchcase(resource, str(r)) for r in listed(statement.get("Resource", []))):
             continue
         if _conditions_hold(statement.get("Condition", {}), context):
             return True

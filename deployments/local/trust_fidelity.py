@@ -20,24 +20,15 @@ request context (as in moto); conditions on other keys are left unevaluated, as 
 from __future__ import annotations
 
 import json
-from fnmatch import fnmatchcase
 from typing import Any
 
 from moto.iam.models import IAMBackend, Role, iam_backends
 from moto.iam.utils import REQUIRE_RESOURCE_ACCESS_POLICIES_CHECK, format_incoming_conditional_values
 from moto.utilities.utils import get_partition
 
+from deployments.local.policy_conditions import STRING_OPERATORS, allows_action, listed
+
 _KNOWN_KEYS = {"sts:externalid"}
-_OPERATORS = {
-    "StringEquals": lambda actual, expected: actual in expected,
-    "StringLike": lambda actual, expected: any(fnmatchcase(actual, pattern) for pattern in expected),
-    "StringNotEquals": lambda actual, expected: actual not in expected,
-    "StringNotLike": lambda actual, expected: not any(fnmatchcase(actual, pattern) for pattern in expected),
-}
-
-
-def _listed(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
 
 
 def _role(arn: str, region: str) -> Role | None:
@@ -65,23 +56,22 @@ def _conditions_hold(conditions: dict[str, Any], context: dict[str, str]) -> boo
     for operator, keys in conditions.items():
         base = operator.removesuffix("IfExists")
         for key, expected in keys.items():
-            if key.lower() not in _KNOWN_KEYS or base not in _OPERATORS:
+            if key.lower() not in _KNOWN_KEYS or base not in STRING_OPERATORS:
                 continue  # not in the request context moto builds: left as moto leaves it
             actual = next((value for name, value in context.items() if name.lower() == key.lower()), None)
             if actual is None:
                 if not (operator.endswith("IfExists") or base.startswith("StringNot")):
                     return False
-            elif not _OPERATORS[base](actual, [str(e) for e in _listed(expected)]):
+            elif not STRING_OPERATORS[base](actual, [str(e) for e in listed(expected)]):
                 return False
     return True
 
 
 def _applies(statement: dict[str, Any], action: str, names: set[str], context: dict[str, str]) -> bool:
-    actions = [str(a).lower() for a in _listed(statement.get("Action", []))]
-    if not any(fnmatchcase(action.lower(), pattern) for pattern in actions):
+    if not allows_action(statement.get("Action", []), action):
         return False
     principal = statement.get("Principal")
-    trusted = principal if principal == "*" else _listed((principal or {}).get("AWS", []))
+    trusted = principal if principal == "*" else listed((principal or {}).get("AWS", []))
     if trusted != "*" and "*" not in trusted and not names & set(trusted):
         return False
     return _conditions_hold(statement.get("Condition", {}), context)
@@ -95,7 +85,7 @@ def _check_role_trust_relationship(self: Any, role_arn: str) -> bool:
     role = _role(role_arn, self._region)
     if role is None:
         return False
-    statements = _listed(json.loads(role.assume_role_policy_document)["Statement"])
+    statements = listed(json.loads(role.assume_role_policy_document)["Statement"])
     names, context = _caller_names(self), format_incoming_conditional_values(self._data)
     applying = [s for s in statements if _applies(s, self._action, names, context)]
     return any(s.get("Effect") == "Allow" for s in applying) and not any(s.get("Effect") == "Deny" for s in applying)
