@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
-from socfeeds.arns import Arns
+from socfeeds.arns import CLOUDTRAIL_SERVICE, Arns
 from socfeeds.formats import EKS_AUDIT_STREAM_PREFIX, RDS_CANARY_LOG_TYPES
 from socfeeds.settings import (
     CloudFrontSource,
@@ -49,6 +49,11 @@ def document(statements: list[Statement]) -> Document:
 
 def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
+
+
+def one_or_list(values: list[str]) -> str | list[str]:
+    """A policy element of one value is written as the value itself (as AWS's examples and Terraform write it)."""
+    return values[0] if len(values) == 1 else values
 
 
 def canonical(doc: Any) -> Any:
@@ -89,14 +94,13 @@ def source_write_statements(feed: S3Feed, settings: Settings) -> list[Statement]
     """The statements that let the feed's AWS log source write into its bucket."""
     arns = Arns(settings.region, settings.account_id)
     bucket_arn = arns.bucket(feed.bucket)
-    logs_prefix = f"{bucket_arn}/AWSLogs/{settings.account_id}/*"
     source = feed.source
     if isinstance(source, CloudTrailSource):
         # An organization trail also writes every member account under AWSLogs/<organization id>/ (CloudTrail User
         # Guide, "Amazon S3 bucket policy for an organization trail"), from the account the trail lives in.
         trail_account = feed.trail_account(settings.account_id)
         trail = {"aws:SourceArn": feed.trail_arn(settings.account_id, settings.region)}
-        principal = {"Service": "cloudtrail.amazonaws.com"}
+        principal = {"Service": CLOUDTRAIL_SERVICE}
         writes = [f"{bucket_arn}/AWSLogs/{trail_account}/*"]
         if source.organization_id:
             writes.append(f"{bucket_arn}/AWSLogs/{source.organization_id}/*")
@@ -104,7 +108,7 @@ def source_write_statements(feed: S3Feed, settings: Settings) -> list[Statement]
             {"Sid": "SocfeedsCloudTrailAclCheck", "Effect": "Allow", "Principal": principal,
              "Action": "s3:GetBucketAcl", "Resource": bucket_arn, "Condition": {"StringEquals": trail}},
             {"Sid": "SocfeedsCloudTrailWrite", "Effect": "Allow", "Principal": principal,
-             "Action": "s3:PutObject", "Resource": writes if len(writes) > 1 else writes[0],
+             "Action": "s3:PutObject", "Resource": one_or_list(writes),
              "Condition": {"StringEquals": {"s3:x-amz-acl": "bucket-owner-full-control", **trail}}},
         ]
     if isinstance(source, FlowLogSource | ResolverQueryLogSource):
@@ -113,8 +117,8 @@ def source_write_statements(feed: S3Feed, settings: Settings) -> list[Statement]
         accounts = [settings.account_id, *feed.source_accounts]
         sources = [Arns(settings.region, account).log_delivery_sources() for account in accounts]
         scope = {
-            "StringEquals": {"aws:SourceAccount": accounts if feed.source_accounts else settings.account_id},
-            "ArnLike": {"aws:SourceArn": sources if feed.source_accounts else sources[0]},
+            "StringEquals": {"aws:SourceAccount": one_or_list(accounts)},
+            "ArnLike": {"aws:SourceArn": one_or_list(sources)},
         }
         principal = {"Service": "delivery.logs.amazonaws.com"}
         writes = [f"{bucket_arn}/AWSLogs/{account}/*" for account in accounts]
@@ -122,7 +126,7 @@ def source_write_statements(feed: S3Feed, settings: Settings) -> list[Statement]
             {"Sid": "SocfeedsLogDeliveryAclCheck", "Effect": "Allow", "Principal": principal,
              "Action": ["s3:GetBucketAcl", "s3:ListBucket"], "Resource": bucket_arn, "Condition": scope},
             {"Sid": "SocfeedsLogDeliveryWrite", "Effect": "Allow", "Principal": principal,
-             "Action": "s3:PutObject", "Resource": writes if feed.source_accounts else logs_prefix,
+             "Action": "s3:PutObject", "Resource": one_or_list(writes),
              "Condition": {**scope, "StringEquals": {**scope["StringEquals"],
                                                      "s3:x-amz-acl": "bucket-owner-full-control"}}},
         ]
@@ -218,7 +222,7 @@ def queue_statement(queue_arn: str, bucket_arns: list[str], account_id: str) -> 
         "Action": "sqs:SendMessage",
         "Resource": queue_arn,
         "Condition": {
-            "ArnEquals": {"aws:SourceArn": bucket_arns[0] if len(bucket_arns) == 1 else sorted(bucket_arns)},
+            "ArnEquals": {"aws:SourceArn": one_or_list(sorted(bucket_arns))},
             "StringEquals": {"aws:SourceAccount": account_id},
         },
     }
@@ -522,14 +526,14 @@ def key_service_statements(settings: Settings, feeds: Iterable[S3Feed]) -> list[
     trail_feeds = [f for f in feeds if isinstance(f.source, CloudTrailSource)]
     trails = sorted(f.trail_arn(settings.account_id, settings.region) for f in trail_feeds)
     if trails:
-        principal = {"Service": "cloudtrail.amazonaws.com"}
+        principal = {"Service": CLOUDTRAIL_SERVICE}
         contexts = sorted({f"arn:{arns.partition}:cloudtrail:*:{f.trail_account(settings.account_id)}:trail/*"
                            for f in trail_feeds})
         statements += [
             {"Sid": "SocfeedsCloudTrailEncrypt", "Effect": "Allow", "Principal": principal,
              "Action": "kms:GenerateDataKey*", "Resource": "*",
              "Condition": {"StringEquals": {"aws:SourceArn": trails}, "StringLike": {
-                 "kms:EncryptionContext:aws:cloudtrail:arn": contexts[0] if len(contexts) == 1 else contexts}}},
+                 "kms:EncryptionContext:aws:cloudtrail:arn": one_or_list(contexts)}}},
             {"Sid": "SocfeedsCloudTrailDescribeKey", "Effect": "Allow", "Principal": principal,
              "Action": "kms:DescribeKey", "Resource": "*", "Condition": {"StringEquals": {"aws:SourceArn": trails}}},
         ]
