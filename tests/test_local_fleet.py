@@ -9,6 +9,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -267,6 +268,17 @@ def trail_bucket(fleet_stack: LocalStack) -> Iterator[str]:
                 cloudtrail.delete_trail(Name=trail["Name"])
 
 
+@contextmanager
+def cloudtrail_trusted_access_off(fleet_stack: LocalStack) -> Iterator[None]:
+    """CloudTrail's trusted access in the Organization turned off for the block, on again after it."""
+    organizations = fleet_of(fleet_stack).client("tooling", "organizations")
+    organizations.disable_aws_service_access(ServicePrincipal="cloudtrail.amazonaws.com")
+    try:
+        yield
+    finally:
+        organizations.enable_aws_service_access(ServicePrincipal="cloudtrail.amazonaws.com")
+
+
 def admit(fleet_stack: LocalStack, bucket: str, policy: dict[str, Any]) -> None:
     fleet_of(fleet_stack).client("workload-a", "s3").put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
 
@@ -305,18 +317,14 @@ def test_an_organization_trail_is_the_management_accounts_with_trusted_access(fl
                  "IsMultiRegionTrail": True}
     assert refused_with(lambda: fleet.client(member.name, "cloudtrail").create_trail(**org_trail)) \
         == "NotOrganizationMasterAccountException"
-    cloudtrail, organizations = fleet.client(management.name, "cloudtrail"), fleet.client(management.name,
-                                                                                          "organizations")
+    cloudtrail = fleet.client(management.name, "cloudtrail")
     arn = f"arn:aws:cloudtrail:{REGION}:{management.account_id}:trail/fidelity-org"
     admit(fleet_stack, trail_bucket, trail_writes(trail_bucket, arn, management.account_id))
     assert refused_with(lambda: cloudtrail.create_trail(**org_trail)) == "InsufficientS3BucketPolicyException", \
         "the members' folder AWSLogs/<organization id>/ is not admitted"
     admit(fleet_stack, trail_bucket, trail_writes(trail_bucket, arn, management.account_id, organization))
-    organizations.disable_aws_service_access(ServicePrincipal="cloudtrail.amazonaws.com")
-    try:
+    with cloudtrail_trusted_access_off(fleet_stack):
         assert refused_with(lambda: cloudtrail.create_trail(**org_trail)) == "CloudTrailAccessNotEnabledException"
-    finally:
-        organizations.enable_aws_service_access(ServicePrincipal="cloudtrail.amazonaws.com")
     assert cloudtrail.create_trail(**org_trail)["IsOrganizationTrail"]
 
 
@@ -427,20 +435,16 @@ def test_the_trail_plan_reports_what_aws_would_refuse_an_organization_trail_for(
     rendered = target_settings(settings, target)
     assert "cloudtrail" in rendered.delivering_feeds, "the fleet's shape: the trail writes the archive's bucket"
     aws = AwsClients.from_settings(rendered, session=session(fleet.assume(ACCOUNT_ID)))
-    organizations = fleet.client("tooling", "organizations")
 
     def organization_finding(of: Settings) -> Any:
         [found] = [f for f in check_source.fn(aws, of, "cloudtrail") if f.check == "trail organization"]
         return found
 
-    organizations.disable_aws_service_access(ServicePrincipal="cloudtrail.amazonaws.com")
-    try:
+    with cloudtrail_trusted_access_off(fleet_stack):
         off = organization_finding(rendered)
         assert off.status is Status.FAIL and "trusted access is not enabled" in off.detail
         assert "enable-aws-service-access --service-principal cloudtrail.amazonaws.com" in off.fix
         assert [c.applied for c in ensure_source.fn(aws, rendered, "cloudtrail", False)] == [False]
-    finally:
-        organizations.enable_aws_service_access(ServicePrincipal="cloudtrail.amazonaws.com")
     assert organization_finding(rendered).status is Status.PASS
     feed = rendered.delivering_feeds["cloudtrail"]
     elsewhere = rendered.model_copy(update={"delivering_feeds": {"cloudtrail": feed.model_copy(update={
