@@ -293,11 +293,12 @@ def matrix(fleet: Fleet, outcomes: list[ChildOutcome], flow_name: str = ""
         return ROWS_OF.get(flow_name) or fleet.catalog(target)
 
     feeds = sorted({feed for o in outcomes for feed in [*o.feeds, *declared(o.target)]})
+    organization_trails = fleet.organization_trails  # read once: it walks every target's feeds
     rows = []
     for outcome in outcomes:
         expected = set(declared(outcome.target)) | set(outcome.feeds)
         rows.append((outcome, [outcome.feeds[f][0] if f in outcome.feeds else "missing" if f in expected
-                               else ORGANIZATION_TRAIL if f in fleet.organization_trails else "not declared"
+                               else ORGANIZATION_TRAIL if f in organization_trails else "not declared"
                                for f in feeds]))
     rows.sort(key=lambda row: min((RANK[c] for c in row[1]), default=RANK["pass"]))
     return feeds, rows
