@@ -452,3 +452,37 @@ def test_the_trail_plan_reports_what_aws_would_refuse_an_organization_trail_for(
     wrong = organization_finding(elsewhere)
     assert wrong.status is Status.FAIL and f"is in {fleet.organization_id}, not o-zzzzzzzzzz" in wrong.detail
     assert wrong.fix == f"set s3_feeds.cloudtrail.source.organization_id to {fleet.organization_id}"
+
+
+def test_provision_repairs_an_organization_trail_verify_finds_drifted(fleet_stack: LocalStack,
+                                                                       values: dict[str, Any]) -> None:
+    """The archive's bucket (its policy admitting the trail), then the management account's organization trail;
+    the trail turned into an account trail by hand is a verify failure, and provision turns it back."""
+    from socfeeds.report import Status
+    from tasks.buckets import ensure_bucket
+    from tasks.sources import check_source, ensure_source
+
+    fleet = fleet_of(fleet_stack)
+    settings = settings_of(values)
+    rendered = {t.account_id: target_settings(settings, t) for t in declared_targets(settings)}
+    archive = fleet.account("workload-a")
+
+    def clients(account_id: str) -> AwsClients:
+        return AwsClients.from_settings(rendered[account_id], session=session(fleet.assume(account_id)))
+
+    ensure_bucket.fn(clients(archive.account_id), rendered[archive.account_id], "cloudtrail", False)
+    management, aws = rendered[ACCOUNT_ID], clients(ACCOUNT_ID)
+    ensure_source.fn(aws, management, "cloudtrail", False)
+    trail = management.delivering_feeds["cloudtrail"].source.trail  # type: ignore[union-attr]
+    cloudtrail = fleet.client("tooling", "cloudtrail")
+    assert cloudtrail.get_trail(Name=trail)["Trail"]["IsOrganizationTrail"]
+    try:
+        cloudtrail.update_trail(Name=trail, IsOrganizationTrail=False)
+        [drift] = [f for f in check_source.fn(aws, management, "cloudtrail") if f.check == "trail settings"]
+        assert drift.status is Status.FAIL and "IsOrganizationTrail" in drift.detail
+        assert [(c.action, c.applied) for c in ensure_source.fn(aws, management, "cloudtrail", False)] == [
+            ("update trail", True)]
+        assert cloudtrail.get_trail(Name=trail)["Trail"]["IsOrganizationTrail"]
+        assert [f for f in check_source.fn(aws, management, "cloudtrail") if f.status is not Status.PASS] == []
+    finally:
+        cloudtrail.delete_trail(Name=trail)
