@@ -43,11 +43,25 @@ def page_text(chromium: str, url: str, screenshot: Path, window: tuple[int, int]
 def page_dom(chromium: str, url: str, screenshot: Path, window: tuple[int, int] = (1920, 1080)) -> str:
     """As page_text, but the rendered DOM itself, so a test can see which elements the UI kept (an image's src)."""
     screenshot.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as profile:
-        answer = subprocess.run([chromium, *FLAGS, f"--window-size={window[0]},{window[1]}",
-                                 f"--user-data-dir={profile}", "--dump-dom",
-                                 f"--screenshot={screenshot}", url], capture_output=True, text=True, timeout=120,
-                                check=False)
+    answer = _render(chromium, url, screenshot, window)
     assert answer.returncode == 0, f"chromium {url} failed: {answer.stderr[-1000:]}"
     assert screenshot.stat().st_size > 10_000, f"{screenshot} is empty"
     return answer.stdout
+
+
+
+def _render(chromium: str, url: str, screenshot: Path, window: tuple[int, int]) -> subprocess.CompletedProcess[str]:
+    """One headless render, in a fresh profile. A render normally ends within seconds of the 15-s virtual time
+    budget; once in a loaded suite run (1 of ~8) Chromium never ended it and was killed at the timeout, so a hung
+    render is started again, once, in a new profile: the page and what the test asserts of it are the same."""
+
+    def once() -> subprocess.CompletedProcess[str]:
+        with tempfile.TemporaryDirectory() as profile:
+            return subprocess.run([chromium, *FLAGS, f"--window-size={window[0]},{window[1]}",
+                                   f"--user-data-dir={profile}", "--dump-dom", f"--screenshot={screenshot}", url],
+                                  capture_output=True, text=True, timeout=90, check=False)
+
+    try:
+        return once()
+    except subprocess.TimeoutExpired:
+        return once()
